@@ -1,0 +1,115 @@
+"""Registry of learning rules: ``register_rule``, ``create_rule``, ``list_rules``, ``rule_info``.
+
+Rules register themselves with a decorator in their own module under ``biograd.rules``; the
+registry imports every module of that package on first use, so adding a rule is adding a file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from biograd.core.errors import ConfigError, close_matches, unknown_name
+from biograd.core.losses import LossFn
+from biograd.core.rule import LearningRule
+
+#: Model kinds a rule can claim to support (contract tests build one model of each):
+#: ``mlp`` / ``cnn`` block stacks, ``resnet`` (skips, BatchNorm), ``graph`` (any fx-traceable
+#: module: RNN, LSTM, transformer blocks).
+MODEL_KINDS = ("mlp", "cnn", "resnet", "graph")
+
+
+@dataclass(frozen=True)
+class RuleInfo:
+    """What a rule is and what it accepts."""
+
+    name: str
+    family: str
+    paper: str
+    supports: tuple[str, ...]
+    hparams: dict[str, Any]
+    summary: str
+    cls: type[LearningRule]
+
+
+_REGISTRY: dict[str, RuleInfo] = {}
+_DISCOVERED = False
+
+
+def _hparams(cls: type) -> dict[str, Any]:
+    sig = inspect.signature(cls.__init__)
+    return {
+        n: p.default
+        for n, p in sig.parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def register_rule(
+    name: str, *, family: str, paper: str, supports: tuple[str, ...]
+) -> Callable[[type[LearningRule]], type[LearningRule]]:
+    """Class decorator registering a :class:`LearningRule` subclass under ``name``."""
+    bad = [k for k in supports if k not in MODEL_KINDS]
+    if bad:
+        raise ValueError(f"rule {name!r}: unknown model kinds {bad}; use {MODEL_KINDS}")
+
+    def deco(cls: type[LearningRule]) -> type[LearningRule]:
+        if name in _REGISTRY and _REGISTRY[name].cls is not cls:
+            raise ValueError(f"rule name {name!r} is already registered")
+        cls.name = name
+        doc = (cls.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = RuleInfo(
+            name, family, paper, tuple(supports), _hparams(cls), doc[0] if doc else "", cls
+        )
+        return cls
+
+    return deco
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import biograd.rules as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"{pkg.__name__}.{mod.name}")
+    _DISCOVERED = True
+
+
+def list_rules() -> list[str]:
+    """Names of every registered rule, in registration order (backprop first)."""
+    _discover()
+    names = list(_REGISTRY)
+    return sorted(names, key=lambda n: (n != "backprop", n))
+
+
+def rule_info(name: str) -> RuleInfo:
+    """Family, paper, supported model kinds and hyper-parameters (with defaults) of a rule."""
+    _discover()
+    if name not in _REGISTRY:
+        raise unknown_name("rule", name, _REGISTRY)
+    return _REGISTRY[name]
+
+
+def create_rule(
+    name: str, model: nn.Module, loss: str | LossFn = "cross_entropy", **hparams: Any
+) -> LearningRule:
+    """Build the rule ``name`` around ``model``; unknown hyper-parameters are errors."""
+    info = rule_info(name)
+    unknown = [k for k in hparams if k not in info.hparams]
+    if unknown:
+        k = unknown[0]
+        valid = ", ".join(info.hparams) or "(none)"
+        raise ConfigError(
+            f"rule {name!r} has no hyper-parameter {k!r}.{close_matches(k, info.hparams)} "
+            f"Its hyper-parameters: {valid}."
+        )
+    return info.cls(model, loss=loss, **hparams)
