@@ -7,7 +7,7 @@ Public API::
     opt.zero_grad(); result = rule.step(x, y); opt.step()
 """
 
-from biograd import metrics, models
+from biograd import data, metrics, models
 from biograd.core.errors import (
     BiogradError,
     CheckpointError,
@@ -34,6 +34,7 @@ __all__ = [
     "UnknownNameError",
     "UnsupportedModelError",
     "create_rule",
+    "data",
     "list_rules",
     "metrics",
     "models",
