@@ -1,0 +1,8 @@
+"""``python -m biograd``: the same command line as the ``biograd`` console script."""
+
+import sys
+
+from biograd.runner.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The ``biograd`` command line (also ``python -m biograd``).
+
+    biograd train   [--config F] [--resume DIR] [--overwrite] [--key=value ...]
+    biograd compare [--config F] [--overwrite] [--key=value ...]
+    biograd rules
+    biograd data list
+    biograd data fetch NAME... [--data-dir D] [--force]
+
+Every bad input prints one clear line on stderr and exits with status 2; nothing saved is
+overwritten unless ``--overwrite`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from biograd.core.errors import BiogradError, ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="biograd", allow_abbrev=False,
+        description="Train and compare biologically plausible learning rules.",
+        epilog="Config keys are given as --key=value (dotted for nested: "
+               "--rule_args.weight_decay=1e-4); see docs/usage.md.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = sub.add_parser("train", allow_abbrev=False, help="train one rule (one run directory)")
+    train.add_argument("--config", help="YAML config file")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
+    comp = sub.add_parser("compare", allow_abbrev=False, help="train several rules x seeds")
+    comp.add_argument("--config", help="YAML config file")
+    comp.add_argument("--overwrite", action="store_true", help="retrain, replacing old runs")
+    sub.add_parser("rules", help="list the registered learning rules")
+    data = sub.add_parser("data", help="list or fetch datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    dsub.add_parser("list", help="list the datasets")
+    fetch = dsub.add_parser("fetch", allow_abbrev=False, help="download and verify datasets")
+    fetch.add_argument("names", nargs="+", metavar="NAME")
+    fetch.add_argument("--data-dir", default=None, help="where to store them")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if present")
+    return parser
+
+
+def _overrides(parser: argparse.ArgumentParser, extra: list[str]) -> list[str]:
+    for item in extra:
+        if not item.startswith("--") or "=" not in item:
+            parser.error(f"unrecognised argument {item!r}: config keys are given as --key=value")
+    return extra
+
+
+def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from biograd.runner.config import load_config
+    from biograd.runner.train import train
+    from biograd.runner.yamlio import read_yaml
+
+    if args.resume:
+        if args.config or args.overwrite:
+            raise ConfigError("--resume continues a saved run: drop --config and --overwrite")
+        run = Path(args.resume)
+        if not (run / "config.yaml").is_file():
+            raise ConfigError(f"cannot resume {str(run)!r}: it holds no config.yaml")
+        base = {**read_yaml(run / "config.yaml"), "out_dir": str(run.parent),
+                "run_name": run.name}
+        cfg = load_config(None, overrides, base=base)
+    else:
+        cfg = load_config(args.config, overrides)
+    summary = train(cfg, overwrite=args.overwrite, resume=bool(args.resume))
+    acc = summary.get("test_acc")
+    print(f"{summary['status']}: {summary['run_dir']} "
+          f"(epochs {summary['epochs_completed']}, test_acc {acc})")
+    if summary["status"] == "diverged":
+        print(f"diverged at step {summary['diverged']['step']}: {summary['diverged']['reason']}",
+              file=sys.stderr)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace, overrides: list[str]) -> int:
+    from biograd.runner.compare import compare
+    from biograd.runner.config import load_config
+
+    result = compare(load_config(args.config, overrides), overwrite=args.overwrite)
+    failed = [n for n, runs in result["results"].items()
+              if any(s.get("status") == "failed" for s in runs)]
+    print(f"wrote {result['dir']}/compare.md")
+    if failed:
+        print(f"biograd: some rules failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cmd_rules() -> int:
+    from biograd.core.registry import list_rules, rule_info
+
+    rows = []
+    for name in list_rules():
+        info = rule_info(name)
+        hp = ", ".join(f"{k}={v!r}" for k, v in info.hparams.items()) or "-"
+        rows.append([name, info.family, ",".join(info.supports), info.paper, hp])
+    _print_table(["name", "family", "supports", "paper", "hparams"], rows)
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    import biograd.data
+
+    if args.data_command == "list":
+        rows = []
+        for name in biograd.data.list_datasets():
+            info = biograd.data.dataset_info(name)
+            rows.append([name, "x".join(map(str, info.input_shape)), str(info.num_classes),
+                         "yes" if info.fetchable else "no", info.description])
+        _print_table(["name", "input", "classes", "fetchable", "description"], rows)
+        return 0
+    for name in args.names:
+        biograd.data.dataset_info(name)  # unknown names fail before any download
+    for name in args.names:
+        path = biograd.data.fetch(name, data_dir=args.data_dir, force=args.force)
+        print(f"{name}: {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``biograd`` console script; returns the exit status."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command not in ("train", "compare") and extra:
+        parser.error(f"unrecognised arguments: {' '.join(extra)}")
+    try:
+        if args.command == "train":
+            return _cmd_train(args, _overrides(parser, extra))
+        if args.command == "compare":
+            return _cmd_compare(args, _overrides(parser, extra))
+        if args.command == "rules":
+            return _cmd_rules()
+        return _cmd_data(args)
+    except BiogradError as exc:
+        print(f"biograd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("biograd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Run configuration: typed dataclass defaults <- YAML file <- ``--key=value`` overrides.
+
+Every key is a field of :class:`Config`. Unknown keys (with close-match suggestions), values of
+the wrong type and out-of-range values raise :class:`ConfigError` naming the key (DESIGN.md
+principle 6). Nested dicts (``rule_args``, ``model_args``, ...) take dotted overrides:
+``--rule_args.weight_decay=1e-4``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from biograd.core.errors import ConfigError, close_matches
+from biograd.runner.yamlio import parse_scalar, read_yaml
+
+OPTIMIZERS = ("sgd", "adam")
+#: keys a comparison sets itself for each sub-run (config_per_rule may not override them)
+PER_RULE_FIXED = ("rule", "rule_args", "seed", "out_dir", "run_name", "rules", "seeds",
+                  "rule_args_per_rule", "config_per_rule")
+SCHEDULERS = ("none", "cosine")
+
+
+@dataclass
+class Config:
+    """Everything a training run (``biograd train``) or a comparison (``biograd compare``) reads."""
+
+    # what is trained
+    rule: str = "backprop"
+    rule_args: dict[str, Any] = field(default_factory=dict)
+    loss: str = "cross_entropy"
+    model: str = "mlp"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    # data
+    dataset: str = "mnist"
+    dataset_args: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    val_size: int | float = 0
+    train_subset: int | None = None
+    test_subset: int | None = None
+    # optimisation
+    epochs: int = 1
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    feedback_lr: float | None = None
+    feedback_weight_decay: float | None = None
+    scheduler: str = "none"
+    seed: int = 0
+    threads: int = 0
+    # run directory and logging
+    out_dir: str = "runs"
+    run_name: str | None = None
+    alignment_every: int = 0
+    alignment_batch: int = 256
+    checkpoint_every: int = 0
+    max_loss: float = 1e4
+    time_limit: float | None = None
+    tensorboard: bool = False
+    # comparison (biograd compare)
+    rules: list[str] | str = "all"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    rule_args_per_rule: dict[str, dict[str, Any]] = field(default_factory=dict)
+    config_per_rule: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (what ``config.yaml`` holds)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Config:
+        """A validated copy with ``changes`` applied."""
+        return from_dict({**self.to_dict(), **changes})
+
+
+_HINTS: dict[str, Any] = typing.get_type_hints(Config)
+FIELDS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return getattr(hint, "__name__", str(hint))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Does ``value`` (parsed YAML) fit the type ``hint``? (ints count as floats, not bools)"""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(_matches(v, item) for v in value.values())
+    return isinstance(value, hint)
+
+
+def _unknown_key(key: str) -> ConfigError:
+    return ConfigError(
+        f"unknown config key {key!r}.{close_matches(key, FIELDS)} "
+        f"Valid keys: {', '.join(FIELDS)}."
+    )
+
+
+def _check_range(cfg: Config) -> None:
+    def bad(key: str, rule: str) -> ConfigError:
+        return ConfigError(f"config key {key!r} must be {rule}, got {getattr(cfg, key)!r}")
+
+    for key in ("epochs", "batch_size", "eval_batch_size", "alignment_batch"):
+        if getattr(cfg, key) < 1:
+            raise bad(key, ">= 1")
+    for key in ("lr", "max_loss"):
+        if not getattr(cfg, key) > 0:
+            raise bad(key, "> 0")
+    for key in ("feedback_lr", "time_limit"):
+        if getattr(cfg, key) is not None and not getattr(cfg, key) > 0:
+            raise bad(key, "> 0 (or null)")
+    for key in ("momentum", "weight_decay", "threads", "alignment_every", "checkpoint_every"):
+        if getattr(cfg, key) < 0:
+            raise bad(key, ">= 0")
+    if cfg.feedback_weight_decay is not None and cfg.feedback_weight_decay < 0:
+        raise bad("feedback_weight_decay", ">= 0 (or null)")
+    for key in ("train_subset", "test_subset"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise bad(key, ">= 1 (or null for the whole split)")
+    if isinstance(cfg.val_size, float) and not 0 <= cfg.val_size < 1:
+        raise bad("val_size", "a fraction in [0, 1) or a sample count")
+    if cfg.val_size < 0:
+        raise bad("val_size", ">= 0")
+    if cfg.momentum > 0 and cfg.optimizer == "adam":
+        raise bad("momentum", "0 with optimizer 'adam' (Adam has no momentum argument)")
+    for key, choices in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS)):
+        if getattr(cfg, key) not in choices:
+            raise ConfigError(
+                f"config key {key!r}: unknown {key} {getattr(cfg, key)!r}."
+                f"{close_matches(getattr(cfg, key), choices)} Valid: {', '.join(choices)}."
+            )
+    if isinstance(cfg.rules, str) and cfg.rules != "all":
+        raise bad("rules", "a list of rule names or 'all'")
+    if not cfg.seeds:
+        raise bad("seeds", "a non-empty list of integers")
+    for rule, overrides in cfg.config_per_rule.items():
+        for key in overrides:
+            if key not in FIELDS:
+                raise ConfigError(f"config_per_rule.{rule}: {_unknown_key(key)}")
+            if key in PER_RULE_FIXED:
+                raise ConfigError(
+                    f"config key 'config_per_rule.{rule}.{key}' cannot be set per rule"
+                    + (" (use rule_args_per_rule)" if key == "rule_args" else "")
+                )
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Validate keys, types and ranges of ``data`` and build a :class:`Config`."""
+    for key, value in data.items():
+        if key not in _HINTS:
+            raise _unknown_key(key)
+        if not _matches(value, _HINTS[key]):
+            raise ConfigError(
+                f"config key {key!r} must be {_type_name(_HINTS[key])}, "
+                f"got {value!r} ({type(value).__name__})"
+            )
+    cfg = Config(**data)
+    _check_range(cfg)
+    return cfg
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one ``key=value`` (or ``a.b=value``) override to the nested dict ``data``."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like --key=value")
+    key, text = item.split("=", 1)
+    key = key.strip().removeprefix("--")
+    parts = key.split(".")
+    if parts[0] not in _HINTS:
+        raise _unknown_key(parts[0])
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key!r}: {'.'.join(parts[: i + 1])!r} is not a mapping")
+        node = child
+    node[parts[-1]] = parse_scalar(text)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults <- ``base`` (e.g. a saved run's config) <- YAML ``path`` <- ``overrides``."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data.update(read_yaml(path))
+    for item in overrides:
+        apply_override(data, item)
+    return from_dict(data)
+

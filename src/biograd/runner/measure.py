@@ -1,0 +1,72 @@
+"""What the runner measures besides the loss: accuracy with ``rule.predict`` and the two
+alignment angles of ALGORITHMS.md ("Metrics used by the papers").
+
+Both run under ``torch.random.fork_rng`` so measuring never changes the training trajectory
+(a run with ``alignment_every`` set trains exactly like one without).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from biograd.core.rule import LearningRule
+from biograd.metrics.alignment import feedback_alignment_angles, update_alignment
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+@torch.no_grad()
+def accuracy(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int) -> float:
+    """Fraction of ``x`` whose ``rule.predict`` argmax equals ``y`` (model in eval mode)."""
+    if len(x) == 0:
+        return float("nan")
+    was_training = rule.model.training
+    rule.model.eval()
+    correct = 0
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for start in range(0, len(x), batch_size):
+                out = rule.predict(x[start : start + batch_size])
+                correct += int((out.argmax(-1) == y[start : start + batch_size]).sum())
+    finally:
+        rule.model.train(was_training)
+    return correct / len(x)
+
+
+def angles(rule: LearningRule, x: Tensor, y: Tensor) -> dict[str, float]:
+    """Update-vs-backprop angles (mean over weight tensors, i.e. parameters with >= 2 dims,
+    plus one column per parameter) and, for rules with feedback weights, feedback-vs-forward
+    angles (mean and per layer). Degrees."""
+    with torch.random.fork_rng(devices=[]):
+        upd = update_alignment(rule, x, y)
+    weights = [n for n, p in rule.model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    out = {"angle_update": _mean([upd[n] for n in weights if n in upd])}
+    out.update({f"angle_update/{n}": v for n, v in upd.items()})
+    fb = feedback_alignment_angles(rule)
+    if fb:
+        out["angle_feedback"] = _mean(list(fb.values()))
+        out.update({f"angle_feedback/{n}": v for n, v in fb.items()})
+    return out
+
+
+def divergence(loss: float, rule: LearningRule, max_loss: float) -> str | None:
+    """Why this step's loss or update makes the run diverged, or None if it is fine."""
+    if not torch.isfinite(torch.tensor(loss)):
+        return f"loss is {loss}"
+    if loss > max_loss:
+        return f"loss {loss:.4g} exceeds max_loss {max_loss:g}"
+    for name, p in rule.named_parameters():
+        if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+            return f"non-finite update in {name}"
+    return None
+
+
+def nonfinite_parameter(rule: LearningRule) -> str | None:
+    """Why the parameters are no longer usable after an update, or None if all are finite."""
+    for name, p in rule.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            return f"non-finite parameter {name} after the update"
+    return None

@@ -1,0 +1,238 @@
+"""``train(config) -> summary``: one rule, one model, one dataset, one seed.
+
+Short and top to bottom (DESIGN.md principle 5); it never branches on the rule's name. Writes
+the run directory (see :mod:`biograd.runner.rundir`): config.yaml, metrics.csv (one row per
+epoch), alignment.csv (every ``alignment_every`` steps), checkpoint.pt, summary.json.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from biograd.core.errors import CheckpointError, ConfigError
+from biograd.core.registry import create_rule
+from biograd.core.rule import LearningRule
+from biograd.runner import rundir
+from biograd.runner.config import Config
+from biograd.runner.data import RunData, load_data
+from biograd.runner.measure import accuracy, angles, divergence, nonfinite_parameter
+from biograd.runner.models import build_model
+from biograd.runner.validate import check_names
+from biograd.runner.yamlio import write_yaml
+
+
+def run_dir_of(cfg: Config) -> Path:
+    """``out_dir/run_name`` (default name: ``rule-model-dataset-s<seed>``)."""
+    name = cfg.run_name or f"{cfg.rule}-{cfg.model}-{cfg.dataset}-s{cfg.seed}"
+    return Path(cfg.out_dir) / name
+
+
+def make_optimizer(cfg: Config, rule: LearningRule) -> torch.optim.Optimizer:
+    """SGD or Adam over ``rule.param_groups(feedback_lr)``; feedback weight decay defaults to
+    ``weight_decay`` (so Kolen-Pollack's B decays like W unless told otherwise)."""
+    groups = rule.param_groups(cfg.feedback_lr)
+    for group in groups[1:]:
+        if cfg.feedback_weight_decay is not None:
+            group["weight_decay"] = cfg.feedback_weight_decay
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def tensorboard_writer(cfg: Config) -> Any:
+    """TensorBoard's SummaryWriter class if ``cfg.tensorboard`` (ConfigError if missing)."""
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError(
+            "config key 'tensorboard' is true but the tensorboard package is not installed; "
+            "pip install 'biograd[tensorboard]' or set --tensorboard=false"
+        ) from None
+    return SummaryWriter
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def train(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg.rule`` and return the summary (also written to ``summary.json``)."""
+    check_names(cfg)
+    writer_cls = tensorboard_writer(cfg)
+    out = run_dir_of(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.model_args)
+    rule = create_rule(cfg.rule, model, loss=cfg.loss, **cfg.rule_args)
+    opt = make_optimizer(cfg, rule)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+             if cfg.scheduler == "cosine" else None)
+    probe_x = data.train_x[: cfg.alignment_batch]
+    probe_y = data.train_y[: cfg.alignment_batch]
+
+    ck: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "history": [], "alignment": [],
+                          "partial": {}}
+    if resume:
+        if not out.is_dir():
+            raise CheckpointError(f"cannot resume: run directory {str(out)!r} does not exist")
+        ck = rundir.load_checkpoint(out)
+        try:
+            rule.load_state_dict(ck["rule"])
+            opt.load_state_dict(ck["optimizer"])
+            if sched is not None and ck.get("scheduler") is not None:
+                sched.load_state_dict(ck["scheduler"])
+            torch.set_rng_state(ck["torch_rng"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"checkpoint in {str(out)!r} does not fit this config (rule {cfg.rule!r}, "
+                f"model {cfg.model!r}): {exc}"
+            ) from None
+    rundir.prepare(out, overwrite=overwrite, resume=resume)
+    write_yaml(out / rundir.CONFIG, cfg.to_dict())
+    history: list[dict[str, Any]] = list(ck["history"])
+    align_rows: list[dict[str, Any]] = list(ck["alignment"])
+    rundir.write_rows(out / rundir.METRICS, history)  # on resume: drop rows after the checkpoint
+    if align_rows:
+        rundir.write_rows(out / rundir.ALIGNMENT, align_rows)
+    writer = writer_cls(str(out / "tensorboard")) if writer_cls else None
+
+    def checkpoint(epoch: int, batch: int, partial: dict[str, float]) -> None:
+        rundir.save_checkpoint(out, {
+            "format": 1, "epoch": epoch, "batch": batch, "step": step, "partial": partial,
+            "rule": rule.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "torch_rng": torch.get_rng_state(), "history": history, "alignment": align_rows,
+            "config": cfg.to_dict(),
+        })
+
+    step, status, reason, truncated = int(ck["step"]), "completed", None, False
+    started = time.perf_counter()
+    n = len(data.train_x)
+    for epoch in range(int(ck["epoch"]), cfg.epochs):
+        batches = torch.randperm(n, generator=_epoch_generator(cfg.seed, epoch)).split(
+            cfg.batch_size)
+        first = int(ck["batch"]) if epoch == int(ck["epoch"]) else 0
+        acc = dict(ck["partial"]) if first else {}
+        acc = {k: acc.get(k, 0.0)
+               for k in ("loss", "correct", "count", "seconds", "window_loss", "window_n")}
+        bar = tqdm(range(first, len(batches)), desc=f"{cfg.rule} epoch {epoch + 1}",
+                   disable=not sys.stderr.isatty(), leave=False)
+        t0, cut = time.perf_counter(), False
+        for b in bar:
+            x, y = data.train_x[batches[b]], data.train_y[batches[b]]
+            opt.zero_grad(set_to_none=True)
+            res = rule.step(x, y)
+            reason = divergence(res.loss, rule, cfg.max_loss)
+            if reason is not None:
+                status = "diverged"
+                break
+            opt.step()
+            reason = nonfinite_parameter(rule)
+            if reason is not None:  # the update overflowed: diverged at this step
+                status = "diverged"
+                break
+            step += 1
+            acc["loss"] += res.loss * len(y)
+            acc["correct"] += float((res.output.argmax(-1) == y).sum())
+            acc["count"] += len(y)
+            acc["window_loss"] += res.loss
+            acc["window_n"] += 1
+            bar.set_postfix(loss=f"{res.loss:.4f}")
+            if writer:
+                writer.add_scalar("train/loss", res.loss, step)
+            if cfg.alignment_every and step % cfg.alignment_every == 0:
+                t_a = time.perf_counter()
+                align_rows.append({"step": step, "epoch": epoch + 1,
+                                   "train_loss": acc["window_loss"] / acc["window_n"],
+                                   **angles(rule, probe_x, probe_y)})
+                acc["window_loss"] = acc["window_n"] = 0.0
+                rundir.write_rows(out / rundir.ALIGNMENT, align_rows)
+                t0 += time.perf_counter() - t_a
+            if cfg.time_limit and time.perf_counter() - started > cfg.time_limit:
+                truncated = b + 1 < len(batches) or epoch + 1 < cfg.epochs
+                cut = b + 1 < len(batches)
+                if cut:
+                    break
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < len(batches):
+                checkpoint(epoch, b + 1, {**acc, "seconds": acc["seconds"]
+                                          + time.perf_counter() - t0})
+        bar.close()
+        if status == "diverged":
+            break
+        if sched is not None:
+            sched.step()
+        acc["seconds"] += time.perf_counter() - t0
+        row = _epoch_row(cfg, rule, data, acc, epoch, step, opt.param_groups[0]["lr"])
+        history.append(row)
+        print(f"[{cfg.rule}] epoch {epoch + 1}/{cfg.epochs}: train_loss {row['train_loss']:.4f} "
+              f"test_acc {row['test_acc']:.4f} ({row['seconds']:.1f}s)", file=sys.stderr,
+              flush=True)
+        rundir.write_rows(out / rundir.METRICS, history)
+        if writer:
+            for key, value in row.items():
+                if value is not None and key not in ("epoch", "step"):
+                    writer.add_scalar(f"epoch/{key}", value, epoch + 1)
+        if not cut:
+            checkpoint(epoch + 1, 0, {})
+        if truncated:
+            break
+    if writer:
+        writer.close()
+    steps_per_epoch = len(range(0, n, cfg.batch_size))
+    summary = _summary(cfg, out, history, status, step, reason, truncated, rule, steps_per_epoch)
+    rundir.write_json(out / rundir.SUMMARY, summary)
+    return summary
+
+
+def _epoch_row(cfg: Config, rule: LearningRule, data: RunData, acc: dict[str, float],
+               epoch: int, step: int, lr: float) -> dict[str, Any]:
+    """metrics.csv's row: training averages, test/val accuracy, seconds, lr, angles."""
+    count = max(acc["count"], 1.0)
+    row: dict[str, Any] = {
+        "epoch": epoch + 1, "step": step, "train_loss": acc["loss"] / count,
+        "train_acc": acc["correct"] / count,
+        "test_acc": accuracy(rule, data.test_x, data.test_y, cfg.eval_batch_size),
+        "val_acc": (accuracy(rule, data.val_x, data.val_y, cfg.eval_batch_size)
+                    if data.val_x is not None else None),
+        "seconds": acc["seconds"], "lr": lr,
+    }
+    probe = slice(0, cfg.alignment_batch)
+    row.update(angles(rule, data.train_x[probe], data.train_y[probe]))
+    return row
+
+
+def _summary(cfg: Config, out: Path, history: list[dict[str, Any]], status: str, step: int,
+             reason: str | None, truncated: bool, rule: LearningRule,
+             steps_per_epoch: int) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    trained = sum(r["step"] - (history[i - 1]["step"] if i else 0) for i, r in enumerate(history))
+    seconds = sum(r["seconds"] for r in history)
+    summary: dict[str, Any] = {
+        "status": status, "rule": cfg.rule, "model": cfg.model, "dataset": cfg.dataset,
+        "seed": cfg.seed, "run_dir": str(out), "epochs_completed": len(history), "steps": step,
+        "steps_per_epoch": steps_per_epoch, "truncated": truncated,
+        # per full epoch, from the time per step (a truncated last epoch counts pro rata)
+        "seconds_per_epoch": seconds / trained * steps_per_epoch if trained else None,
+        "num_parameters": sum(p.numel() for p in rule.forward_parameters()),
+    }
+    for key in ("train_loss", "train_acc", "test_acc", "val_acc", "angle_update",
+                "angle_feedback"):
+        summary[key] = last.get(key)
+    if status == "diverged":
+        summary["diverged"] = {"step": step + 1, "epoch": len(history) + 1, "reason": reason}
+    return summary

@@ -1,0 +1,52 @@
+"""Name checks of a :class:`~biograd.runner.config.Config` against the registries (rules,
+losses, models, datasets) and the rules' hyper-parameters; kept apart from config.py because
+they import the registries (config.py itself stays import-light)."""
+
+from __future__ import annotations
+
+import biograd.data
+from biograd.core.errors import ConfigError, close_matches
+from biograd.core.losses import LOSSES
+from biograd.core.registry import list_rules, rule_info
+from biograd.runner.config import Config
+from biograd.runner.models import MODELS
+
+
+def check_names(cfg: Config) -> None:
+    """Rule, loss, model, optimizer and dataset names must exist; rule_args must be the rule's
+    hyper-parameters (ConfigError naming the key otherwise)."""
+    tables = {
+        "rule": list_rules(),
+        "loss": list(LOSSES),
+        "model": list(MODELS),
+        "dataset": biograd.data.list_datasets(),
+    }
+    for key, valid in tables.items():
+        value = getattr(cfg, key)
+        if value not in valid:
+            raise ConfigError(
+                f"config key {key!r}: unknown {key} {value!r}.{close_matches(value, valid)} "
+                f"Valid: {', '.join(valid)}."
+            )
+    names = list_rules() if cfg.rules == "all" else cfg.rules
+    per_rule = [("rule_args", cfg.rule, cfg.rule_args)] + [
+        (f"rule_args_per_rule.{n}", n, a) for n, a in cfg.rule_args_per_rule.items()
+    ]
+    groups = {"rules": names, "rule_args_per_rule": cfg.rule_args_per_rule,
+              "config_per_rule": cfg.config_per_rule}
+    for key, value in groups.items():
+        for name in value:
+            if name not in tables["rule"]:
+                raise ConfigError(
+                    f"config key {key!r}: unknown rule {name!r}."
+                    f"{close_matches(name, tables['rule'])} Valid: {', '.join(tables['rule'])}."
+                )
+    for where, name, args in per_rule:
+        hparams = rule_info(name).hparams
+        for arg in args:
+            if arg not in hparams:
+                raise ConfigError(
+                    f"config key '{where}.{arg}': rule {name!r} has no hyper-parameter "
+                    f"{arg!r}.{close_matches(arg, hparams)} "
+                    f"Its hyper-parameters: {', '.join(hparams) or '(none)'}."
+                )

@@ -1,0 +1,127 @@
+"""Config: dataclass defaults <- YAML <- --key=value overrides, and every error path."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from biograd.core.errors import ConfigError
+from biograd.runner.config import Config, from_dict, load_config
+from biograd.runner.models import build_model
+from biograd.runner.validate import check_names
+
+
+def _yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_then_yaml_then_overrides(tmp_path: Path) -> None:
+    path = _yaml(tmp_path, "lr: 1e-3\nepochs: 3\nrule_args: {a: 1, b: 2}\nseeds: [1, 2]\n")
+    cfg = load_config(path, ["--epochs=5", "--rule_args.b=1e-4", "--rule_args.c=x"])
+    assert cfg.lr == pytest.approx(1e-3)  # YAML, a float although written without a dot
+    assert isinstance(cfg.lr, float)
+    assert cfg.epochs == 5  # the override beats the file
+    assert cfg.batch_size == Config().batch_size  # the default survives
+    assert cfg.rule_args == {"a": 1, "b": pytest.approx(1e-4), "c": "x"}  # dotted keys merge
+    assert cfg.seeds == [1, 2]
+
+
+def test_override_values_are_yaml_scalars() -> None:
+    cfg = load_config(None, ["--train_subset=null", "--tensorboard=true", "--rules=[a, b]",
+                             "--feedback_lr=2", "--val_size=0.1"])
+    assert cfg.train_subset is None and cfg.tensorboard is True
+    assert cfg.rules == ["a", "b"]
+    assert cfg.feedback_lr == 2 and cfg.val_size == pytest.approx(0.1)
+
+
+def test_nested_overrides_create_and_deepen_dicts() -> None:
+    cfg = load_config(None, ["--rule_args_per_rule.kolen_pollack.weight_decay=1e-4"])
+    assert cfg.rule_args_per_rule == {"kolen_pollack": {"weight_decay": pytest.approx(1e-4)}}
+
+
+def test_round_trip_through_dict() -> None:
+    cfg = load_config(None, ["--lr=0.5", "--model_args.hidden=[8, 4]"])
+    assert from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--lrr=0.1"], "unknown config key 'lrr'. Did you mean 'lr'"),
+        (["--rule_arg.x=1"], "Did you mean 'rule_args'"),
+        (["--lr=fast"], "config key 'lr' must be float"),
+        (["--epochs=1.5"], "config key 'epochs' must be int"),
+        (["--tensorboard=3"], "config key 'tensorboard' must be bool"),
+        (["--rule_args=3"], "config key 'rule_args' must be dict"),
+        (["--seeds=[1, x]"], "config key 'seeds' must be list"),
+        (["--lr=0"], "config key 'lr' must be > 0"),
+        (["--lr=-1"], "config key 'lr' must be > 0"),
+        (["--epochs=0"], "config key 'epochs' must be >= 1"),
+        (["--batch_size=0"], "config key 'batch_size' must be >= 1"),
+        (["--momentum=-0.1"], "config key 'momentum' must be >= 0"),
+        (["--feedback_lr=0"], "config key 'feedback_lr' must be > 0"),
+        (["--train_subset=0"], "config key 'train_subset' must be >= 1"),
+        (["--val_size=1.5"], "config key 'val_size' must be a fraction"),
+        (["--optimizer=sdg"], "unknown optimizer 'sdg'. Did you mean 'sgd'"),
+        (["--scheduler=cos"], "unknown scheduler 'cos'"),
+        (["--optimizer=adam", "--momentum=0.9"], "config key 'momentum' must be 0"),
+        (["--rules=some"], "config key 'rules' must be a list"),
+        (["--seeds=[]"], "config key 'seeds' must be a non-empty list"),
+        (["--config_per_rule.backprop.lrr=1"], "config_per_rule.backprop: unknown config key"),
+        (["--config_per_rule.dtp.rule_args.beta=1"], "(use rule_args_per_rule)"),
+        (["--config_per_rule.dtp.seed=1"], "'config_per_rule.dtp.seed' cannot be set per rule"),
+        (["--lr"], "must look like --key=value"),
+        (["--lr=1", "--lr.x=1"], "'lr' is not a mapping"),
+    ],
+)
+def test_bad_values_name_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+
+
+def test_bad_yaml_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_yaml(tmp_path, "lr: [1,\n"))
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(_yaml(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(ConfigError, match="unknown config key 'epoch'"):
+        load_config(_yaml(tmp_path, "epoch: 2\n"))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--rule=backprob"], "unknown rule 'backprob'. Did you mean 'backprop'"),
+        (["--model=mpl"], "unknown model 'mpl'. Did you mean 'mlp'"),
+        (["--dataset=mnits"], "unknown dataset 'mnits'"),
+        (["--loss=mse2"], "unknown loss 'mse2'"),
+        (["--rules=[backprop, nope]"], "config key 'rules': unknown rule 'nope'"),
+        (["--rule_args.beta=0.1"], "'rule_args.beta': rule 'backprop' has no hyper-parameter"),
+        (["--rule_args_per_rule.backprop.x=1"], "rule_args_per_rule.backprop.x"),
+        (["--rule_args_per_rule.nope.x=1"], "'rule_args_per_rule': unknown rule 'nope'"),
+    ],
+)
+def test_unknown_names_are_config_errors(overrides: list[str], message: str) -> None:
+    cfg = load_config(None, overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_names(cfg)
+
+
+def test_model_table_builds_from_the_dataset_shape() -> None:
+    import torch
+
+    mlp = build_model("mlp", (1, 8, 8), 4, {"hidden": [5]})
+    assert mlp(torch.zeros(2, 1, 8, 8)).shape == (2, 4)
+    assert sum(p.numel() for p in mlp.parameters()) == 64 * 5 + 5 + 5 * 4 + 4
+    lenet = build_model("lenet", (1, 8, 8), 3, {"channels": [2, 3], "hidden": 4})
+    assert lenet(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
+    with pytest.raises(ConfigError, match="'model_args.hiden'.*Did you mean 'hidden'"):
+        build_model("mlp", (1, 8, 8), 4, {"hiden": [5]})
+    with pytest.raises(ConfigError, match="unknown model 'vgg'"):
+        build_model("vgg", (1, 8, 8), 4)
