@@ -1,0 +1,207 @@
+"""Predictive-coding inference on a :class:`PCGraph` (Whittington & Bogacz 2017; P5).
+
+Energy (P5 Eq. 2, with the output term written as a loss so any loss can be used)::
+
+    F(x) = sum_{v hidden} 1/2 ||x_v - mu_v(x_parents)||^2  +  beta * L(mu_out(x_parents), y)
+
+Errors e_v = x_v - mu_v for hidden vertices and e_out = -beta dL/dmu_out. Inference descends F
+over the hidden value nodes (inputs are clamped; the output node is its prediction):
+``x_v <- x_v - gamma * dF/dx_v`` with dF/dx_v = e_v - sum_{c child} J_{c,v}^T e_c (Eq. 3).
+Weights descend F too: dF/dtheta_v = -J_{theta_v}^T e_v (Eq. 4), written into ``.grad`` scaled
+by 1/beta so that it estimates dL/dtheta.
+
+:class:`PCInference` evaluates the whole graph at every step (standard inference learning, and
+Z-IL when its conditions are broken). :func:`zil_frontier` is Z-IL's schedule when C1-C3 hold
+on a levelled graph: then only the vertices at level t have errors that matter at step t, and
+e_v(t = level v) = -dL/dmu_v exactly (P5 Thm. 1), so each step is one vector-Jacobian product
+per frontier vertex through the autograd graph recorded in the forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from biograd.graph.capture import CLAMPED, PCGraph
+from biograd.graph.evaluate import Consts, forward, predict
+from biograd.graph.guards import frozen_buffers
+
+Write = Callable[[nn.Parameter, Tensor], None]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def levels_of(graph: PCGraph) -> list[list[int]]:
+    """Live non-clamped vertices grouped by level (index = level); cached on the graph."""
+    cached = getattr(graph, "_levels", None)
+    if cached is not None:
+        return cached
+    out: list[list[int]] = [[] for _ in range(graph.depth + 1)]
+    for i in graph.order:
+        lv = graph.level[i]
+        if lv is not None and graph.vertices[i].kind not in CLAMPED:
+            out[lv].append(i)
+    graph._levels = out  # type: ignore[attr-defined]
+    return out
+
+
+def _cut(graph: PCGraph) -> Callable[[int, Tensor], Tensor]:
+    """Children see a detached copy of each free value node (clamped ones need no grad)."""
+    def leaf(i: int, mu: Tensor) -> Tensor:
+        if graph.vertices[i].kind in CLAMPED:
+            return mu
+        return mu.detach().requires_grad_(True)
+    return leaf
+
+
+def zil_frontier(
+    graph: PCGraph, x: Tensor, y: Tensor, loss_fn: LossFn, write: Write,
+    check: Callable[[Tensor], None] | None = None,
+) -> tuple[Tensor, Tensor, list[float]]:
+    """Z-IL under C1-C3 on a levelled graph: returns (loss, output, frontier energies).
+
+    The feed-forward sweep cuts the autograd graph at every value node (C1: x_v = mu_v, all
+    errors zero). Step t then propagates the errors of the level-t frontier to level t + 1 and
+    writes the frontier's parameter updates (C2), with gamma = 1 (C3): identity vertices pass
+    their error on unchanged, other vertices use their recorded vjp. ``energies[t]`` is
+    1/2 sum ||e_v(t)||^2 over the frontier, the energy carried by the wave at step t.
+    ``check(output)`` runs before any update is written (label validation).
+    """
+    with torch.enable_grad():
+        values, mus, _ = forward(graph, x, _cut(graph))
+        out = mus[graph.output]
+        assert out is not None
+        if check is not None:
+            check(out)
+        loss = loss_fn(out, y)
+    grads: dict[int, Tensor] = {}
+    carried: list[list[Tensor]] = []
+    for t, frontier in enumerate(levels_of(graph)):
+        ops: list[int] = []
+        for i in frontier:
+            v = graph.vertices[i]
+            if v.kind == "identity" and i in grads:
+                p = v.parents[0]
+                grads[p] = grads[p] + grads[i] if p in grads else grads[i]
+            elif v.kind == "op" and mus[i].requires_grad and (i in grads or t == 0):  # type: ignore[union-attr]
+                ops.append(i)
+        parents = sorted({p for i in ops for p in graph.vertices[i].parents
+                          if values[p].requires_grad})  # type: ignore[union-attr]
+        params = list({id(p): p for i in ops for p in graph.vertices[i].params}.values())
+        if t == 0:  # the output error dL/dmu_out comes out of the same vjp call
+            res = torch.autograd.grad([loss], [out, *[values[p] for p in parents], *params],
+                                      allow_unused=True) if ops else (None,)
+            if res[0] is not None:
+                grads[graph.output] = res[0]
+            res = res[1:]
+        elif ops:
+            res = torch.autograd.grad([mus[i] for i in ops],
+                                      [values[p] for p in parents] + params,
+                                      [grads[i] for i in ops], allow_unused=True)
+        else:
+            res = ()
+        carried.append([grads[i] for i in frontier if i in grads])
+        for p, g in zip(parents, res[: len(parents)], strict=True):
+            if g is not None:
+                grads[p] = grads[p] + g if p in grads else g
+        for p, g in zip(params, res[len(parents):], strict=True):
+            if g is not None:
+                write(p, g)
+        for i in ops:
+            mus[i] = None
+    return loss.detach(), out.detach(), _half_squared_norms(carried)
+
+
+def _half_squared_norms(groups: list[list[Tensor]]) -> list[float]:
+    """1/2 sum ||g||^2 per group, with one fused norm call for all tensors."""
+    flat = [g for grp in groups for g in grp]
+    norms = torch.stack(torch._foreach_norm(flat)).double().pow(2).tolist() if flat else []
+    out, k = [], 0
+    for grp in groups:
+        out.append(0.5 * sum(norms[k:k + len(grp)]))
+        k += len(grp)
+    return out
+
+
+class PCInference:
+    """The energy F of a captured graph on one batch, its state gradient and weight updates."""
+
+    def __init__(
+        self, graph: PCGraph, x: Tensor, y: Tensor, loss_fn: LossFn, beta: float = 1.0
+    ) -> None:
+        self.graph, self.x, self.y, self.loss_fn, self.beta = graph, x, y, loss_fn, beta
+        with torch.no_grad():
+            values, mus, self.consts = forward(graph, x)  # the one pass that may move buffers
+        out = mus[graph.output]
+        assert out is not None
+        self.output = out
+        self.ops = [i for i in graph.order if graph.level[i] is not None
+                    and graph.vertices[i].kind not in CLAMPED]
+        self.free = [i for i in self.ops if i != graph.output]
+        self.clamped = {i: values[i] for i, v in enumerate(graph.vertices) if v.kind in CLAMPED}
+        self.initial = [values[i] for i in self.free]
+
+    def _values(self, states: Sequence[Tensor]) -> list[Tensor | None]:
+        vals: list[Tensor | None] = [None] * len(self.graph.vertices)
+        for i, c in self.clamped.items():
+            vals[i] = c
+        for i, s in zip(self.free, states, strict=True):
+            vals[i] = s
+        return vals
+
+    def _energy(self, states: Sequence[Tensor], consts: Consts) -> Tensor:
+        vals = self._values(states)
+        total = torch.zeros((), dtype=self.x.dtype, device=self.x.device)
+        for i in self.ops:
+            mu = predict(self.graph, i, vals, consts)
+            if i == self.graph.output:
+                total = total + self.beta * self.loss_fn(mu, self.y)
+            else:
+                total = total + 0.5 * (vals[i] - mu).pow(2).sum()  # type: ignore[operator]
+        return total
+
+    def dynamics(self, states: list[Tensor]) -> tuple[list[Tensor | None], float]:
+        """-dF/dx for every hidden value node, and F (for :func:`biograd.core.relax.relax`)."""
+        with torch.enable_grad(), frozen_buffers(self.graph.gm):
+            leaves = [s.detach().requires_grad_(True) for s in states]
+            energy = self._energy(leaves, self.consts)
+            grads = torch.autograd.grad(energy, leaves, allow_unused=True)
+        deltas: list[Tensor | None] = [
+            None if g is None else -g for g in grads
+        ]
+        return deltas, float(energy.detach())
+
+    def energy(self, states: Sequence[Tensor]) -> float:
+        with torch.no_grad(), frozen_buffers(self.graph.gm):
+            return float(self._energy(states, self.consts))
+
+    def write_updates(
+        self, vertices: Sequence[int], states: Sequence[Tensor], write: Write, scale: float = 1.0
+    ) -> None:
+        """Write scale * dF/dtheta_v (only vertex v's own term) for each vertex in ``vertices``."""
+        vals = self._values([s.detach() for s in states])
+        outs, gouts, params = [], [], {}
+        with torch.enable_grad(), frozen_buffers(self.graph.gm):
+            for i in vertices:
+                v = self.graph.vertices[i]
+                if v.kind != "op" or not v.params:
+                    continue
+                mu = predict(self.graph, i, vals, self.consts)
+                if not mu.requires_grad:
+                    continue
+                if i == self.graph.output:
+                    m = mu.detach().requires_grad_(True)
+                    (g,) = torch.autograd.grad(self.beta * self.loss_fn(m, self.y), m)
+                else:
+                    g = mu.detach() - vals[i]  # type: ignore[operator]
+                outs.append(mu)
+                gouts.append(g)
+                params.update({id(p): p for p in v.params})
+            if not outs:
+                return
+            plist = list(params.values())
+            res = torch.autograd.grad(outs, plist, gouts, allow_unused=True)
+        for p, g in zip(plist, res, strict=True):
+            if g is not None:
+                write(p, g * scale)

@@ -1,0 +1,135 @@
+"""Z-IL: zero-divergence inference learning (Salvatori et al., "Reverse Differentiation via
+Predictive Coding", AAAI 2022, arXiv:2103.04689; P5).
+
+Predictive coding on the model's computational graph (captured with torch.fx, see
+:mod:`biograd.graph`) under three conditions makes every parameter update equal backprop's:
+
+- C1: value nodes start at the feed-forward predictions, so every error is zero except the
+  output's, e_out = -dL/dmu_out;
+- C2: the parameters of a vertex at distance k from the output are updated only at inference
+  step t = k, with dtheta = -J_theta^T e_v(t) (P5 Eq. 4 at t = k);
+- C3: the inference step size is gamma = 1 (Eq. 3 with gamma = 1).
+
+On graphs with edges that skip levels (residual connections) the graph is *levelled* with
+identity vertices so that errors travel in lock-step (P5 Sec. 4). Then e_v(k) = -dL/dmu_v
+(Thm. 1), and a step only changes the errors of the frontier at distance t; the default
+schedule computes exactly those with the vjps recorded in the forward pass (about one
+backprop). Breaking a condition (``gamma != 1``, ``init_noise > 0``, ``levelling=False``) or
+asking for ``exact_shortcut=False`` runs the full PC dynamics with :func:`biograd.core.relax`
+(every vertex, every step), which is also how the tests check that the shortcut is exact.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from biograd.core import checks
+from biograd.core.errors import ConfigError
+from biograd.core.losses import LossFn
+from biograd.core.registry import register_rule
+from biograd.core.relax import relax
+from biograd.core.rule import LearningRule, StepResult
+from biograd.graph.cache import GraphCache
+from biograd.graph.capture import PCGraph
+from biograd.graph.inference import PCInference, levels_of, zil_frontier
+
+
+def _bool(rule: str, name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"rule {rule!r}: {name} must be True or False, got {value!r}")
+    return value
+
+
+Outcome = tuple[Tensor, Tensor, list[float]]  # loss, output, energy trace
+
+
+class Schedule(Protocol):
+    """How Z-IL's inference phase is run; writes the updates, returns :data:`Outcome`."""
+
+    def run(self, rule: ZIL, graph: PCGraph, x: Tensor, y: Tensor) -> Outcome: ...
+
+
+class FrontierSchedule:
+    """C1-C3 on a levelled graph: step t touches only the level-t frontier, through the vjps
+    recorded in the forward pass (P5 Thm. 1 makes this identical to the full dynamics)."""
+
+    def run(self, rule: ZIL, graph: PCGraph, x: Tensor, y: Tensor) -> Outcome:
+        return zil_frontier(graph, x, y, rule.loss_fn, rule.accumulate_grad,
+                            check=lambda o: rule.check_labels(o, y))
+
+
+class RelaxSchedule:
+    """The full PC dynamics (every vertex, every step) with :func:`biograd.core.relax.relax`;
+    level-t parameters are updated from the relax callback after step t (C2)."""
+
+    def run(self, rule: ZIL, graph: PCGraph, x: Tensor, y: Tensor) -> Outcome:
+        inf = PCInference(graph, x, y, rule.loss_fn, beta=1.0)
+        rule.check_labels(inf.output, y)
+        states = [s.detach().clone() for s in inf.initial]
+        if rule.init_noise > 0:
+            states = [s + rule.init_noise * torch.randn(
+                s.shape, generator=rule.generator, dtype=s.dtype).to(s.device) for s in states]
+        levels = levels_of(graph)
+        inf.write_updates(levels[0], states, rule.accumulate_grad)
+        res = relax(states, inf.dynamics, steps=graph.depth, step_size=rule.gamma,
+                    callback=lambda t, s: inf.write_updates(levels[t], s, rule.accumulate_grad))
+        loss = rule.loss_fn(inf.output, y)
+        return loss.detach(), inf.output.detach(), res.energies
+
+
+@register_rule(
+    "zil",
+    family="energy",
+    paper="Salvatori et al. 2022, Reverse Differentiation via Predictive Coding, AAAI, "
+    "arXiv:2103.04689",
+    supports=("mlp", "cnn", "resnet", "graph"),
+)
+class ZIL(LearningRule):
+    """Predictive coding with Z-IL's schedule on any fx-traceable model: exactly backprop."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: str | LossFn = "cross_entropy",
+        *,
+        gamma: float = 1.0,
+        levelling: bool = True,
+        init_noise: float = 0.0,
+        exact_shortcut: bool = True,
+    ) -> None:
+        super().__init__(model, loss)
+        self.gamma = checks.positive(self.name, "gamma", gamma)
+        self.levelling = _bool(self.name, "levelling", levelling)
+        self.init_noise = checks.positive(self.name, "init_noise", init_noise, allow_zero=True)
+        self.exact_shortcut = _bool(self.name, "exact_shortcut", exact_shortcut)
+        self._cache = GraphCache(self.name, self.levelling)
+        self.schedule: Schedule = (
+            FrontierSchedule() if exact_shortcut and self.conditions_hold else RelaxSchedule()
+        )
+
+    @property
+    def conditions_hold(self) -> bool:
+        """C1 (no initial perturbation), C3 (gamma = 1) and a levelled graph."""
+        return self.init_noise == 0 and self.gamma == 1.0 and self.levelling
+
+    def graph(self, x: Tensor) -> PCGraph:
+        """The captured (and, by default, levelled) graph of the model."""
+        return self._cache.get(self.model, x)
+
+    def step(self, x: Tensor, y: Tensor) -> StepResult:
+        self.check_batch(x, y)
+        graph = self.graph(x)
+        loss, out, energies = self.schedule.run(self, graph, x, y)
+        for p in self.forward_parameters():  # parameters off every path to the output
+            if p.grad is None:
+                self.accumulate_grad(p, torch.zeros_like(p))
+        metrics = {f"energy_{t}": e for t, e in enumerate(energies)}
+        metrics["inference_steps"] = float(graph.depth)
+        return StepResult(float(loss), out, metrics)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, gamma={self.gamma}, levelling={self.levelling}, "
+                f"init_noise={self.init_noise}")

@@ -1,0 +1,59 @@
+"""Shared fixtures: small models of every kind a rule can claim to support (MODEL_KINDS)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import biograd
+
+torch.set_num_threads(int(os.environ.get("BIOGRAD_TEST_THREADS", "2")))
+
+
+class TinyGraphNet(nn.Module):
+    """A small fx-traceable non-sequential model: a skip connection, LayerNorm, a product."""
+
+    def __init__(self, d_in: int = 12, d: int = 10, n_out: int = 4) -> None:
+        super().__init__()
+        self.inp = nn.Linear(d_in, d)
+        self.norm = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, d)
+        self.fc2 = nn.Linear(d, d)
+        self.gate = nn.Linear(d, d)
+        self.out = nn.Linear(d, n_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.inp(x.flatten(1)))
+        r = self.fc2(torch.relu(self.fc1(self.norm(h))))
+        h = h + r * torch.sigmoid(self.gate(h))
+        return self.out(h)
+
+
+def make_model(kind: str, seed: int = 0) -> tuple[nn.Module, Tensor, Tensor]:
+    """A small model of ``kind`` with a matching batch (x, y); deterministic in ``seed``."""
+    g = torch.Generator().manual_seed(seed + 1000)
+    torch.manual_seed(seed)
+    if kind == "mlp":
+        model = biograd.models.mlp(12, [10, 8], 4, activation="tanh")
+        x = torch.randn(6, 12, generator=g)
+    elif kind == "cnn":
+        model = biograd.models.lenet(1, 4, image_size=8, channels=(3, 4), hidden=6)
+        x = torch.randn(6, 1, 8, 8, generator=g)
+    elif kind == "resnet":
+        model = biograd.models.ResNet((1, 1), in_channels=3, num_classes=4, width=4)
+        x = torch.randn(6, 3, 8, 8, generator=g)
+    elif kind == "graph":
+        model = TinyGraphNet()
+        x = torch.randn(6, 12, generator=g)
+    else:
+        raise ValueError(kind)
+    y = torch.randint(0, 4, (6,), generator=g)
+    return model, x, y
+
+
+@pytest.fixture
+def model_factory():
+    return make_model
