@@ -1,0 +1,162 @@
+"""Seconds per batch of every registered rule (rule.step + optimizer step), and the ratio to
+backprop, measured in ONE process on the same model, data and batch.
+
+Method: each rule gets a copy of the same initial model, default hyper-parameters and
+``SGD(lr=0.01, momentum=0.9)`` over ``rule.parameters()``; after a warm-up, each repeat times a
+block of steps of every rule, the rules' order rotating from repeat to repeat, and each rule's
+block right after a block of backprop: the ratio is the median over repeats of these paired
+ratios (pairing cancels drift from other load on a shared machine far better than a ratio of
+medians), seconds per batch the median of the rule's blocks.
+Rules whose ``supports`` lack the model kind are listed with a note, as are rules that fail.
+
+    python benchmarks/speed.py                    # MLP 784-256-256-256-10 tanh, batch 64
+    python benchmarks/speed.py --model lenet --out speed_lenet.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+import biograd
+
+#: Targets from the issue (ratio to backprop), shown next to the measurement.
+TARGETS = {
+    "feedback_alignment": 1.15, "sign_symmetry": 1.15, "kolen_pollack": 1.15,
+    "direct_feedback_alignment": 1.1, "weight_mirror": 1.4,
+}
+
+
+@dataclass
+class Entry:
+    name: str
+    rule: biograd.LearningRule | None = None
+    opt: torch.optim.Optimizer | None = None
+    steps: int = 1
+    times: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    note: str = ""
+
+
+def build(kind: str, batch: int, seed: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
+    """The benchmark model, one batch of random data, and the model kind it counts as."""
+    torch.manual_seed(seed)
+    if kind == "mlp":
+        model = biograd.models.mlp(784, [256, 256, 256], 10, activation="tanh")
+        x = torch.randn(batch, 784)
+        supports = "mlp"
+    elif kind == "lenet":
+        model = biograd.models.lenet(1, 10, image_size=28)
+        x = torch.randn(batch, 1, 28, 28)
+        supports = "cnn"
+    else:
+        raise SystemExit(f"unknown --model {kind!r}; use mlp or lenet")
+    return model, x, torch.randint(0, 10, (batch,)), supports
+
+
+def one_step(e: Entry, x: torch.Tensor, y: torch.Tensor) -> None:
+    assert e.rule is not None and e.opt is not None
+    e.opt.zero_grad(set_to_none=True)
+    e.rule.step(x, y)
+    e.opt.step()
+
+
+def prepare(names: list[str], model: nn.Module, kind: str, x, y, args) -> list[Entry]:
+    entries = []
+    for name in names:
+        e = Entry(name)
+        entries.append(e)
+        if kind not in biograd.rule_info(name).supports:
+            e.note = f"skipped: does not support {kind!r} models"
+            continue
+        try:
+            torch.manual_seed(args.seed)
+            e.rule = biograd.create_rule(name, copy.deepcopy(model))
+            e.opt = torch.optim.SGD(e.rule.parameters(), lr=0.01, momentum=0.9)
+            one_step(e, x, y)  # first call: lazy set-up
+            t0 = time.perf_counter()
+            for _ in range(args.warmup):
+                one_step(e, x, y)
+            per_step = (time.perf_counter() - t0) / max(1, args.warmup)
+            e.steps = max(1, round(args.block / max(per_step, 1e-9)))
+        except Exception as err:  # noqa: BLE001 - a broken rule must not stop the table
+            e.rule, e.note = None, f"failed: {type(err).__name__}: {err}"[:120]
+    return entries
+
+
+def timed_block(e: Entry, x: torch.Tensor, y: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    for _ in range(e.steps):
+        one_step(e, x, y)
+    t = (time.perf_counter() - t0) / e.steps
+    e.times.append(t)
+    return t
+
+
+def measure(entries: list[Entry], x, y, repeats: int) -> None:
+    base = next(e for e in entries if e.name == "backprop")
+    live = [e for e in entries if e.rule is not None and e is not base]
+    for r in range(repeats):
+        for e in live[r % len(live):] + live[: r % len(live)] if live else []:
+            t_bp = timed_block(base, x, y)
+            e.ratios.append(timed_block(e, x, y) / t_bp)
+    if not live:
+        for _ in range(repeats):
+            timed_block(base, x, y)
+
+
+def table(entries: list[Entry], title: str) -> str:
+    lines = [title, "", "| rule | s / batch | ratio to backprop | target | note |",
+             "| --- | ---: | ---: | ---: | --- |"]
+    for e in entries:
+        if not e.times:
+            lines.append(f"| {e.name} | - | - | {TARGETS.get(e.name, '')} | {e.note} |")
+            continue
+        med = statistics.median(e.times)
+        ratio = statistics.median(e.ratios) if e.ratios else 1.0
+        target = TARGETS.get(e.name)
+        note = e.note or ("" if target is None else ("met" if ratio <= target else "MISSED"))
+        lines.append(f"| {e.name} | {med:.5f} | {ratio:.3f} | {target or ''} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="mlp", choices=["mlp", "lenet"])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=21, help="timed blocks per rule")
+    p.add_argument("--block", type=float, default=0.05, help="seconds per timed block (approx.)")
+    p.add_argument("--warmup", type=int, default=10, help="warm-up steps per rule")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rules", nargs="*", help="only these rules (default: every registered)")
+    p.add_argument("--out", help="also write the Markdown table to this file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, x, y, kind = build(args.model, args.batch, args.seed)
+    names = args.rules or biograd.list_rules()
+    if "backprop" not in names:
+        names = ["backprop", *names]
+    entries = prepare(names, model, kind, x, y, args)
+    measure(entries, x, y, args.repeats)
+    title = (
+        f"### Speed: {args.model}, batch {args.batch}, {args.threads} thread(s), median of "
+        f"{args.repeats} interleaved blocks, ratio = median of paired ratios to a backprop "
+        f"block timed just before (torch {torch.__version__})"
+    )
+    text = table(entries, title)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

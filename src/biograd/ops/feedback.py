@@ -1,0 +1,187 @@
+"""Feedback autograd function and the dispatch table of layer handlers.
+
+The backward-replacement rules (FA, sign symmetry, DFA, weight mirror, Kolen-Pollack; see
+docs/algorithms/backward.md) keep each layer's forward op and its weight gradient exactly as in
+backprop, ``dW = delta z^T``, but send the error to the layer's input through feedback weights
+``B`` instead of ``W^T`` (Lillicrap et al. 2016, eq. delta_l = (B_{l+1} delta_{l+1}) * f'(h_l)).
+
+Each parameterised layer type is served by a :class:`FeedbackHandler` found through a dispatch
+table (:func:`register_feedback_handler`, :func:`handler_for`), in the style of BackPACK's
+per-module extensions. A handler knows the layer's maths through a :class:`LayerOp`.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class LayerOp(abc.ABC):
+    """The maths of one layer call: forward, and backward with the input grad through ``B``."""
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The ordinary forward op."""
+
+    @abc.abstractmethod
+    def backward(
+        self, grad_out: Tensor, x: Tensor, feedback: Tensor, need_input: bool, need_bias: bool
+    ) -> tuple[Tensor | None, Tensor, Tensor | None]:
+        """``(grad_input through feedback, grad_weight as in BP, grad_bias as in BP)``.
+
+        ``feedback`` has the handler's feedback shape (``W^T``'s for Linear, ``W``'s for conv);
+        backprop is the special case ``feedback = handler.transposed_weight(module)``.
+        """
+
+    @abc.abstractmethod
+    def feedback_grad(self, grad_weight: Tensor) -> Tensor:
+        """``grad_weight`` laid out in the feedback's shape (Kolen-Pollack's transposed update)."""
+
+
+class DirectSignal:
+    """DFA's broadcast: the output error ``e_L`` captured by a hook on the model output.
+
+    Every converted layer's input then receives ``B e_L`` reshaped to the input's shape
+    (Nokland 2016, eq. delta_l = (B_l e_L) * f'(h_l)).
+    """
+
+    def __init__(self) -> None:
+        self.error: Tensor | None = None
+
+    def capture(self, grad: Tensor) -> None:
+        self.error = grad
+
+    def input_grad(self, feedback: Tensor, x_shape: torch.Size) -> Tensor:
+        if self.error is None:
+            raise RuntimeError("DFA: the output error was not captured before the layer's backward")
+        e = self.error.reshape(self.error.shape[0], -1)
+        return (e @ feedback.t()).reshape(x_shape)
+
+
+class FeedbackFunction(torch.autograd.Function):
+    """Forward: the layer's ordinary op. Backward: BP's weight/bias gradients, the input gradient
+    through ``scale * feedback`` (or ``direct``'s ``B e_L``), and, when ``feedback`` requires
+    grad (Kolen-Pollack), a feedback gradient equal to the weight gradient transposed.
+    (``scale`` lets sign symmetry pass sign(W) and its gain without a scaled copy of W.)"""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        feedback: Tensor,
+        op: LayerOp,
+        direct: DirectSignal | None,
+        scale: float = 1.0,
+    ) -> Tensor:
+        ctx.op, ctx.direct, ctx.has_bias, ctx.scale = op, direct, bias is not None, scale
+        ctx.save_for_backward(x, weight, feedback)
+        return op.forward(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, weight, feedback = ctx.saved_tensors
+        need_x, need_w, need_b, need_fb = ctx.needs_input_grad[:4]
+        need_b = need_b and ctx.has_bias
+        direct: DirectSignal | None = ctx.direct
+        if direct is None:
+            gx, gw, gb = ctx.op.backward(grad_out, x, feedback, need_x, need_b)
+            if gx is not None and ctx.scale != 1.0:
+                gx = gx * ctx.scale
+        else:
+            _, gw, gb = ctx.op.backward(grad_out, x, weight, False, need_b)
+            gx = direct.input_grad(feedback, x.shape) if need_x else None
+        gfb = ctx.op.feedback_grad(gw) if need_fb else None
+        return gx, (gw if need_w else None), gb, gfb, None, None, None
+
+
+class FeedbackHandler(abc.ABC):
+    """How one layer type is converted: its op, its ``W^T``-shaped view, init and mirror maths."""
+
+    @abc.abstractmethod
+    def op(self, module: nn.Module) -> LayerOp:
+        """The :class:`LayerOp` of ``module`` (its stride, padding, ... baked in)."""
+
+    @abc.abstractmethod
+    def transposed_weight(self, module: nn.Module) -> Tensor:
+        """The feedback that makes the layer exact backprop (``W^T`` for Linear, ``W`` for conv)."""
+
+    @abc.abstractmethod
+    def fan_in(self, module: nn.Module) -> int:
+        """Inputs per output unit (the fan-in of PyTorch's default initialisation)."""
+
+    @abc.abstractmethod
+    def mirror_correlation(
+        self, module: nn.Module, n: int, std: float, generator: torch.Generator
+    ) -> Tensor:
+        """P3's mirror mode on ``n`` noise inputs x ~ N(0, std^2): the correlation ``x y^T / n``
+        with ``y = W x`` (no bias), in the feedback's shape; its expectation is ``std^2 W^T``."""
+
+    @torch.no_grad()
+    def mirror_update(
+        self,
+        module: nn.Module,
+        feedback: Tensor,
+        n: int,
+        std: float,
+        lr: float,
+        decay: float,
+        generator: torch.Generator,
+    ) -> None:
+        """One mirror step in place: ``B <- (1 - lr decay) B + lr x y^T / n``."""
+        corr = self.mirror_correlation(module, n, std, generator)
+        feedback.mul_(1.0 - lr * decay).add_(corr, alpha=lr)
+
+    def prepare_input(self, module: nn.Module, x: Tensor) -> Tensor:
+        """Anything done to the input before the op (e.g. explicit padding); identity here."""
+        return x
+
+    def init_feedback(self, module: nn.Module, generator: torch.Generator) -> Tensor:
+        """Fixed random feedback with the distribution of PyTorch's default init of ``W``:
+        U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so ``B`` and ``W`` start with the same scale."""
+        w = self.transposed_weight(module)
+        bound = 1.0 / math.sqrt(self.fan_in(module))
+        return uniform(w.shape, bound, generator).to(device=w.device, dtype=w.dtype)
+
+    def forward(
+        self,
+        module: nn.Module,
+        x: Tensor,
+        feedback: Tensor,
+        direct: DirectSignal | None = None,
+        scale: float = 1.0,
+    ) -> Tensor:
+        """``module(x)`` whose backward sends the error through ``scale * feedback``."""
+        x = self.prepare_input(module, x)
+        weight, bias = module.weight, module.bias  # type: ignore[union-attr]
+        return FeedbackFunction.apply(x, weight, bias, feedback, self.op(module), direct, scale)
+
+
+def uniform(shape: torch.Size | tuple[int, ...], bound: float, g: torch.Generator) -> Tensor:
+    """U(-bound, bound) drawn (on the CPU) from ``g``."""
+    return (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1).mul_(bound).float()
+
+
+_HANDLERS: dict[type[nn.Module], FeedbackHandler] = {}
+
+
+def register_feedback_handler(module_type: type[nn.Module], handler: FeedbackHandler) -> None:
+    """Teach every backward-replacement rule to convert ``module_type`` (and its subclasses)."""
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(f"module_type must be an nn.Module subclass, got {module_type!r}")
+    if not isinstance(handler, FeedbackHandler):
+        raise TypeError(f"handler must be a biograd.ops.FeedbackHandler, got {type(handler)!r}")
+    _HANDLERS[module_type] = handler
+
+
+def handler_for(module: nn.Module) -> FeedbackHandler | None:
+    """The handler of ``module``'s type, or of its nearest registered base class."""
+    for cls in type(module).__mro__:
+        if cls in _HANDLERS:
+            return _HANDLERS[cls]
+    return None

@@ -1,0 +1,129 @@
+"""Shared machinery of the backward-replacement rules (FA, sign symmetry, DFA, weight mirror,
+Kolen-Pollack): layer conversion, feedback storage and the common ``step``.
+
+A subclass says which feedback tensor each converted layer uses (:meth:`layer_feedback`) and
+may act after the backward pass (:meth:`after_backward`: KP's weight decay, WM's mirror mode).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+
+from biograd.core.losses import LossFn
+from biograd.core.rule import LearningRule, StepResult
+from biograd.ops.convert import (
+    FeedbackLayer,
+    check_allow_backprop,
+    feedback_layers,
+    swapped_forwards,
+)
+from biograd.ops.feedback import DirectSignal
+
+
+class FeedbackBank(nn.Module):
+    """Feedback tensors keyed by :attr:`FeedbackLayer.key` (buffers, or parameters for KP).
+
+    Loading a state_dict creates buffers it does not hold yet, so feedback that is built
+    lazily (DFA, whose shapes are known only after a first forward) resumes exactly.
+    """
+
+    def get(self, key: str) -> Tensor:
+        t = self._buffers.get(key)
+        return t if t is not None else self._parameters[key]  # type: ignore[return-value]
+
+    def has(self, key: str) -> bool:
+        return key in self._buffers or key in self._parameters
+
+    def _load_from_state_dict(  # type: ignore[override]
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        for k, v in state_dict.items():
+            name = k[len(prefix):]
+            if k.startswith(prefix) and "." not in name and not self.has(name):
+                self.register_buffer(name, v.new_empty(v.shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class BackwardReplacementRule(LearningRule):
+    """Base of the rules that replace ``W^T`` in the backward pass by feedback ``B``.
+
+    ``allow_backprop``: module types or module paths that may keep ordinary backprop (for
+    parameterised layers without a feedback handler); normalisation layers always do.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: str | LossFn = "cross_entropy",
+        allow_backprop: tuple[type[nn.Module] | str, ...] = (),
+    ) -> None:
+        super().__init__(model, loss)
+        allow = check_allow_backprop(self.name, model, allow_backprop)
+        self.layers: list[FeedbackLayer] = feedback_layers(model, self.name, allow)
+        self.feedback = FeedbackBank()
+
+    # ----------------------------------------------------------------- subclass hooks
+    @abc.abstractmethod
+    def layer_feedback(self, layer: FeedbackLayer) -> Tensor:
+        """The ``B`` that ``layer``'s backward uses this step."""
+
+    def scaled_feedback(self, layer: FeedbackLayer) -> tuple[Tensor, float]:
+        """``(T, s)`` with ``B = s * T``: what the backward multiplies by (default ``(B, 1)``)."""
+        return self.layer_feedback(layer), 1.0
+
+    def direct_signal(self) -> DirectSignal | None:
+        """DFA's output-error broadcast; ``None`` for layer-to-layer feedback."""
+        return None
+
+    def prepare(self, x: Tensor) -> None:
+        """Called before the forward pass (e.g. lazy initialisation)."""
+
+    def after_backward(self) -> None:
+        """Called after ``.grad`` has been written."""
+
+    # ----------------------------------------------------------------- the contract
+    def _forward_fn(
+        self, layer: FeedbackLayer, direct: DirectSignal | None
+    ) -> Callable[[Tensor], Tensor]:
+        handler, module = layer.handler, layer.module
+        fb, scale = self.scaled_feedback(layer)
+        return lambda x: handler.forward(module, x, fb, direct, scale)
+
+    def step(self, x: Tensor, y: Tensor) -> StepResult:
+        self.check_batch(x, y)
+        self.prepare(x)
+        direct = self.direct_signal()
+        forwards = [self._forward_fn(layer, direct) for layer in self.layers]
+        with swapped_forwards(self.layers, forwards):
+            out = self.model(x)
+        self.check_labels(out, y)
+        loss = self.loss_fn(out, y)
+        if direct is not None:
+            out.register_hook(direct.capture)
+        loss.backward()
+        self.after_backward()
+        return StepResult(float(loss.detach()), out.detach())
+
+    def feedback_weight_pairs(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{layer path: (B, W^T)}`` (``W`` itself for conv kernels, the shape ``B`` has)."""
+        return {
+            layer.path: (
+                self.layer_feedback(layer).detach(),
+                layer.handler.transposed_weight(layer.module).detach(),
+            )
+            for layer in self.layers
+        }
+
+    def init_random_feedback(self, as_parameter: bool = False) -> None:
+        """Fixed random ``B`` per layer (FeedbackHandler.init_feedback), drawn from the rule's
+        generator in layer order."""
+        for layer in self.layers:
+            b = layer.handler.init_feedback(layer.module, self.generator)
+            if as_parameter:
+                self.feedback.register_parameter(layer.key, nn.Parameter(b))
+            else:
+                self.feedback.register_buffer(layer.key, b)

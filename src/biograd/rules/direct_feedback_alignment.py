@@ -1,0 +1,111 @@
+"""Direct feedback alignment (Nokland 2016, NeurIPS, arXiv:1609.01596)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from biograd.core.errors import InputError, UnsupportedModelError
+from biograd.core.losses import LossFn
+from biograd.core.registry import register_rule
+from biograd.ops.convert import FeedbackLayer
+from biograd.ops.feedback import DirectSignal, uniform
+from biograd.rules._backward import BackwardReplacementRule
+
+
+@register_rule(
+    "direct_feedback_alignment",
+    family="backward_replacement",
+    paper="Nokland 2016, NeurIPS (arXiv:1609.01596)",
+    supports=("mlp", "cnn", "resnet", "graph"),
+)
+class DirectFeedbackAlignment(BackwardReplacementRule):
+    """Every converted layer's INPUT receives B_k e_L, e_L = dloss/d(model output).
+
+    Nokland's delta_l = (B_l e_L) * f'(h_l): layer k's backward returns B_k e_L (reshaped to its
+    input, B_k of shape (input numel per sample, output numel per sample)) instead of
+    W_k^T delta_k; ordinary autograd then applies f' (and pooling, flatten, normalisation) on the
+    way to the previous layer's output, whose weight update is BP's given that delta. The layer
+    producing the model output gets e_L itself, so its update equals backprop's.
+
+    e_L is captured by a hook on the model's output tensor, so nothing assumes the output layer
+    is the last converted module in execution order. On non-sequential graphs (skips, ResNet)
+    every converted layer's input gets its own B_k e_L and autograd SUMS the signals where
+    paths merge (a skip's input receives B e_L from the block's conv plus what the identity
+    path carries back), i.e. DFA replaces only the weight-transport steps.
+
+    B_k is a fixed buffer, U(-1/sqrt(n_in), 1/sqrt(n_in)) with n_in the input numel (the
+    default init of a Linear(n_in -> n_out), transposed), created at the first ``step`` from a
+    no-grad eval-mode forward that records the shapes.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: str | LossFn = "cross_entropy",
+        *,
+        allow_backprop: tuple[type[nn.Module] | str, ...] = (),
+    ) -> None:
+        super().__init__(model, loss, allow_backprop)
+        self._signal = DirectSignal()
+
+    def direct_signal(self) -> DirectSignal:
+        self._signal.error = None
+        return self._signal
+
+    def layer_feedback(self, layer: FeedbackLayer) -> Tensor:
+        return self.feedback.get(layer.key)
+
+    @torch.no_grad()
+    def prepare(self, x: Tensor) -> None:
+        if len(self.feedback._buffers) == len(self.layers):
+            return
+        sizes: dict[str, int] = {}
+
+        def record(key: str) -> Callable[..., None]:
+            def hook(_module: nn.Module, args: tuple[Tensor, ...]) -> None:
+                sizes.setdefault(key, args[0][0].numel())
+
+            return hook
+
+        hooks = [layer.module.register_forward_pre_hook(record(layer.key)) for layer in self.layers]
+        was_training = self.model.training
+        try:
+            self.model.eval()
+            out = self.model(x[:1])
+        finally:
+            self.model.train(was_training)
+            for h in hooks:
+                h.remove()
+        n_out = out[0].numel()
+        for layer in self.layers:
+            if layer.key not in sizes:
+                raise UnsupportedModelError(
+                    f"rule {self.name!r}: layer {layer.path!r} is not called in the forward "
+                    f"pass, so DFA cannot size its feedback; exclude it with allow_backprop"
+                )
+            n_in = sizes[layer.key]
+            b = uniform((n_in, n_out), 1.0 / math.sqrt(n_in), self.generator)
+            self.feedback.register_buffer(layer.key, b.to(out))
+
+    def _forward_fn(self, layer, direct):  # type: ignore[no-untyped-def]
+        fwd = super()._forward_fn(layer, direct)
+        n_in = self.feedback.get(layer.key).shape[0]
+
+        def checked(x: Tensor) -> Tensor:
+            if x.numel() != n_in * x.shape[0]:
+                raise InputError(
+                    f"rule {self.name!r}: layer {layer.path!r} gets inputs of {x[0].numel()} "
+                    f"values per sample, but its DFA feedback was built for {n_in}; DFA's "
+                    f"feedback matrices fix the input size of every layer"
+                )
+            return fwd(x)
+
+        return checked
+
+    def feedback_weight_pairs(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """DFA's B_k maps the OUTPUT error, so it has no W^T to align with: empty."""
+        return {}

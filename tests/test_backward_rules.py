@@ -1,0 +1,357 @@
+"""Backward-replacement rules (FA, sign symmetry, DFA, weight mirror, Kolen-Pollack) checked
+against autograd and closed forms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import biograd
+from biograd.metrics.alignment import backprop_gradients, feedback_alignment_angles
+from tests.conftest import make_model
+
+FAMILY = [
+    "feedback_alignment", "sign_symmetry", "direct_feedback_alignment", "weight_mirror",
+    "kolen_pollack",
+]
+
+
+def _grads(rule: biograd.LearningRule) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in rule.model.named_parameters()}
+
+
+def _set_feedback_to_w_transpose(rule: biograd.LearningRule) -> None:
+    with torch.no_grad():
+        for layer in rule.layers:
+            rule.feedback.get(layer.key).copy_(layer.handler.transposed_weight(layer.module))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "resnet", "graph"])
+@pytest.mark.parametrize("name", ["feedback_alignment", "weight_mirror", "kolen_pollack"])
+def test_feedback_equal_to_w_transpose_is_backprop(kind: str, name: str) -> None:
+    model, x, y = make_model(kind)
+    model.double()
+    x = x.double()
+    extra = {"mirror_steps": 0} if name == "weight_mirror" else {}
+    rule = biograd.create_rule(name, model, **extra)
+    _set_feedback_to_w_transpose(rule)
+    bp = backprop_gradients(rule, x, y)
+    rule.step(x, y)
+    for n, g in _grads(rule).items():
+        torch.testing.assert_close(g, bp[n], msg=n)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", ["feedback_alignment", "direct_feedback_alignment"])
+def test_output_layer_update_equals_backprop(kind: str, name: str) -> None:
+    model, x, y = make_model(kind)
+    rule = biograd.create_rule(name, model)
+    bp = backprop_gradients(rule, x, y)
+    rule.step(x, y)
+    grads = _grads(rule)
+    last = [n for n, _ in model.named_parameters()][-2:]  # output Linear's weight and bias
+    for n in last:
+        torch.testing.assert_close(grads[n], bp[n])
+    first = next(iter(bp))
+    assert not torch.allclose(grads[first], bp[first], atol=1e-6), "hidden layers should differ"
+
+
+def test_dfa_hidden_deltas_by_hand_on_two_hidden_layers() -> None:
+    torch.manual_seed(0)
+    model = biograd.models.mlp(5, [4, 3], 2, activation="tanh").double()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    y = torch.randint(0, 2, (6,))
+    rule = biograd.create_rule("direct_feedback_alignment", model)
+    rule.step(x, y)
+    fc1, fc2, fc3 = model[1], model[3], model[5]
+    b2, b3 = rule.feedback.get("3").double(), rule.feedback.get("5").double()  # (4, 2), (3, 2)
+    h1 = x @ fc1.weight.T + fc1.bias
+    z1 = torch.tanh(h1)
+    h2 = z1 @ fc2.weight.T + fc2.bias
+    z2 = torch.tanh(h2)
+    out = z2 @ fc3.weight.T + fc3.bias
+    e = (torch.softmax(out, 1) - nn.functional.one_hot(y, 2)) / 6  # dloss/dout, mean loss
+    d2 = (e @ b3.T) * (1 - z2**2)
+    d1 = (e @ b2.T) * (1 - z1**2)
+    torch.testing.assert_close(fc3.weight.grad, e.T @ z2)
+    torch.testing.assert_close(fc2.weight.grad, d2.T @ z1)
+    torch.testing.assert_close(fc2.bias.grad, d2.sum(0))
+    torch.testing.assert_close(fc1.weight.grad, d1.T @ x)
+
+
+def test_dfa_feedback_resumes_from_state_dict_and_checks_input_size() -> None:
+    model, x, y = make_model("cnn")
+    rule = biograd.create_rule("direct_feedback_alignment", model)
+    rule.step(x, y)
+    model2, _, _ = make_model("cnn", seed=4)
+    other = biograd.create_rule("direct_feedback_alignment", model2)
+    other.load_state_dict(rule.state_dict())
+    for layer in rule.layers:
+        assert torch.equal(rule.feedback.get(layer.key), other.feedback.get(layer.key))
+    assert rule.feedback.get("0").shape == (1 * 8 * 8, 4)
+    with pytest.raises(biograd.InputError, match="DFA's feedback matrices fix the input size"):
+        rule.step(torch.randn(2, 1, 12, 12), y[:2])
+    assert feedback_alignment_angles(rule) == {}
+
+
+def test_dfa_output_layer_need_not_be_last_in_execution_order() -> None:
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(4, 3)
+            self.body = nn.Linear(5, 4)
+            self.side = nn.Linear(5, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.body(x))
+            out = self.head(h)  # the output layer runs before `side`
+            return out + 0 * self.side(x).sum(1, keepdim=True)
+
+    torch.manual_seed(0)
+    model = Odd()
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    rule = biograd.create_rule("direct_feedback_alignment", model)
+    bp = backprop_gradients(rule, x, y)
+    rule.step(x, y)
+    torch.testing.assert_close(model.head.weight.grad, bp["head.weight"])
+    h = torch.tanh(model.body(x)).detach()
+    out = model(x).detach().requires_grad_(True)
+    (err,) = torch.autograd.grad(rule.loss_fn(out, y), out)  # e_L
+    delta = (err @ rule.feedback.get("head").T) * (1 - h**2)
+    torch.testing.assert_close(model.body.weight.grad, delta.T @ x)
+
+
+@pytest.mark.parametrize("gain", [None, 1.0, 0.3])
+def test_sign_symmetry_feedback_is_sign_of_current_w_transpose(gain: float | None) -> None:
+    model, x, y = make_model("cnn")
+    rule = biograd.create_rule("sign_symmetry", model, gain=gain)
+    opt = torch.optim.SGD(rule.parameters(), lr=0.5)
+    rule.step(x, y)
+    opt.step()  # feedback must follow the new weights' signs
+    for layer in rule.layers:
+        wt = layer.handler.transposed_weight(layer.module).detach()
+        g = gain or (3 * layer.handler.fan_in(layer.module)) ** -0.5
+        b, target = rule.feedback_weight_pairs()[layer.path]
+        assert torch.equal(target, wt)
+        torch.testing.assert_close(b, g * torch.sign(wt), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("gain", [1.0, 0.3])
+def test_sign_symmetry_equals_fa_with_b_set_to_the_signs(gain: float) -> None:
+    model, x, y = make_model("cnn")
+    ss = biograd.create_rule("sign_symmetry", model, gain=gain)
+    ss.step(x, y)
+    model2, _, _ = make_model("cnn")
+    fa = biograd.create_rule("feedback_alignment", model2)
+    with torch.no_grad():
+        for layer in fa.layers:
+            wt = layer.handler.transposed_weight(layer.module)
+            fa.feedback.get(layer.key).copy_(gain * wt.sign())
+    fa.step(x, y)
+    for (n, p), p2 in zip(model.named_parameters(), model2.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, p2.grad, msg=n)
+
+
+def test_sign_symmetry_random_magnitudes_are_fixed_and_carry_the_signs() -> None:
+    model, x, y = make_model("mlp")
+    rule = biograd.create_rule("sign_symmetry", model, magnitudes="random")
+    pairs = rule.feedback_weight_pairs()
+    for layer in rule.layers:
+        r = rule.feedback.get(layer.key)
+        assert (r >= 0).all() and r.shape == pairs[layer.path][1].shape
+        torch.testing.assert_close(pairs[layer.path][0], r * torch.sign(pairs[layer.path][1]))
+
+
+def _kp_distance(rule: biograd.LearningRule) -> torch.Tensor:
+    return torch.stack([(b - wt).norm() for b, wt in rule.feedback_weight_pairs().values()])
+
+
+@pytest.mark.parametrize("where", ["optimizer", "rule"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_kolen_pollack_decay_shrinks_w_minus_bt_exactly(kind: str, where: str) -> None:
+    model, x, y = make_model(kind)
+    model.double()
+    lr, wd = 0.1, 0.05
+    rule = biograd.create_rule("kolen_pollack", model, weight_decay=wd if where == "rule" else 0)
+    opt = torch.optim.SGD(rule.parameters(), lr=lr, weight_decay=wd if where == "optimizer" else 0)
+    d0 = _kp_distance(rule)
+    for t in range(1, 6):
+        opt.zero_grad()
+        rule.step(x.double(), y)
+        if t == 1 and where == "optimizer":
+            for layer in rule.layers:
+                w, b = layer.module.weight, rule.feedback.get(layer.key)
+                assert torch.equal(b.grad, w.grad.t() if w.dim() == 2 else w.grad)
+        opt.step()
+        torch.testing.assert_close(_kp_distance(rule), d0 * (1 - lr * wd) ** t, rtol=1e-9, atol=0)
+    assert len(rule.feedback_parameters()) == len(rule.layers)
+
+
+def test_kolen_pollack_feedback_grad_is_exactly_w_grad_transposed() -> None:
+    model, x, y = make_model("graph")
+    rule = biograd.create_rule("kolen_pollack", model)
+    rule.step(x, y)
+    for layer in rule.layers:
+        w, b = layer.module.weight, rule.feedback.get(layer.key)
+        assert torch.equal(b.grad, w.grad.t())
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_weight_mirror_turns_b_towards_w_transpose(kind: str) -> None:
+    model, _, _ = make_model(kind)
+    torch.manual_seed(0)
+    rule = biograd.create_rule("weight_mirror", model, mirror_lr=0.05, mirror_batch_size=64)
+    w_before = [p.detach().clone() for p in model.parameters()]
+    start = feedback_alignment_angles(rule)
+    mid = rule.mirror_warmup(20)
+    end = rule.mirror_warmup(300, sample=torch.zeros(1))
+    for k in start:
+        assert start[k] > 60 and mid[k] < start[k] and end[k] < mid[k] and end[k] < 12, (k, end)
+    b, wt = rule.feedback_weight_pairs()[rule.layers[0].path]
+    assert 0.7 < float(b.norm() / wt.norm()) < 1.3  # fixed point W^T with decay sigma^2
+    for p, q in zip(model.parameters(), w_before, strict=True):
+        assert torch.equal(p, q)
+
+
+def test_weight_mirror_step_mirrors_after_an_fa_update() -> None:
+    model, x, y = make_model("mlp")
+    rule = biograd.create_rule("weight_mirror", model, mirror_steps=3)
+    fa_model, _, _ = make_model("mlp")
+    fa = biograd.create_rule("feedback_alignment", fa_model)
+    with torch.no_grad():
+        for layer in fa.layers:
+            fa.feedback.get(layer.key).copy_(rule.feedback.get(layer.key))
+    before = {k: v.clone() for k, v in rule.feedback.state_dict().items()}
+    rule.step(x, y)
+    fa.step(x, y)
+    for p, q in zip(model.parameters(), fa_model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+    assert all(not torch.equal(before[k], v) for k, v in rule.feedback.state_dict().items())
+
+
+class Scale(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.s = nn.Parameter(torch.linspace(0.5, 1.5, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.s
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_unsupported_layer_is_an_error_and_allow_backprop_lets_it_learn(name: str) -> None:
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), Scale(4), nn.Linear(4, 3))
+    with pytest.raises(biograd.UnsupportedModelError, match=f"rule '{name}'.*'2' of type Scale"):
+        biograd.create_rule(name, model)
+    with pytest.raises(biograd.UnsupportedModelError, match="LSTM"):
+        biograd.create_rule(name, nn.Sequential(nn.LSTM(3, 3)))
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    for allow in ((Scale,), ("2",)):
+        rule = biograd.create_rule(name, model, allow_backprop=allow)
+        rule.zero_grad(set_to_none=True)
+        rule.step(x, y)
+        assert model[2].s.grad is not None and float(model[2].s.grad.abs().sum()) > 0
+
+
+def test_allowed_layer_gets_exact_backprop_when_feedback_is_w_transpose() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), Scale(4), nn.Linear(4, 3)).double()
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    rule = biograd.create_rule("feedback_alignment", model, allow_backprop=(Scale,))
+    _set_feedback_to_w_transpose(rule)
+    bp = backprop_gradients(rule, x, y)
+    rule.step(x, y)
+    for n, g in _grads(rule).items():
+        torch.testing.assert_close(g, bp[n])
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_model_stays_a_plain_module(name: str) -> None:
+    model, x, y = make_model("resnet")
+    keys = list(model.state_dict())
+    rule = biograd.create_rule(name, model)
+    rule.step(x, y)
+    assert list(model.state_dict()) == keys
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    torch.testing.assert_close(rule.predict(x), model(x))
+
+
+@pytest.mark.parametrize(
+    "name,hparams,match",
+    [
+        ("sign_symmetry", {"magnitudes": "big"}, "magnitudes must be one of"),
+        ("sign_symmetry", {"gain": -1.0}, "gain must be > 0"),
+        ("sign_symmetry", {"magnitudes": "random", "gain": 2.0}, "gain applies to"),
+        ("kolen_pollack", {"weight_decay": -0.1}, "weight_decay must be >= 0"),
+        ("weight_mirror", {"mirror_lr": 0.0}, "mirror_lr must be > 0"),
+        ("weight_mirror", {"mirror_noise_std": "x"}, "mirror_noise_std must be a number"),
+        ("weight_mirror", {"mirror_steps": 1.5}, "mirror_steps must be an integer"),
+        ("weight_mirror", {"mirror_batch_size": 0}, "mirror_batch_size must be >= 1"),
+        ("weight_mirror", {"mirror_decay": -1.0}, "mirror_decay must be >= 0"),
+        ("feedback_alignment", {"allow_backprop": ("nope",)}, "not a module path"),
+    ],
+)
+def test_bad_hyper_parameters_are_config_errors(name: str, hparams: dict, match: str) -> None:
+    model, _, _ = make_model("mlp")
+    with pytest.raises(biograd.ConfigError, match=match):
+        biograd.create_rule(name, model, **hparams)
+
+
+def test_mirror_warmup_steps_must_be_an_integer() -> None:
+    model, _, _ = make_model("mlp")
+    rule = biograd.create_rule("weight_mirror", model)
+    with pytest.raises(biograd.ConfigError, match="steps must be an integer"):
+        rule.mirror_warmup(2.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_update_alignment_runs_on_a_copy(name: str) -> None:
+    model, x, y = make_model("cnn")
+    rule = biograd.create_rule(name, model)
+    rule.step(x, y)  # DFA builds its feedback lazily
+    rule.zero_grad(set_to_none=True)
+    state = {k: v.clone() for k, v in rule.state_dict().items() if isinstance(v, torch.Tensor)}
+    gen = rule.generator.get_state()
+    angles = biograd.metrics.update_alignment(rule, x, y)
+    assert set(angles) == {n for n, _ in model.named_parameters()}
+    last = list(angles)[-1]
+    assert angles[last] < 0.1  # the output layer's bias update is backprop's in every rule
+    assert torch.equal(rule.generator.get_state(), gen)
+    for k, v in rule.state_dict().items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, state[k]), k
+    assert all(p.grad is None for p in rule.parameters())
+
+
+def test_fa_with_w_transpose_has_zero_update_angle() -> None:
+    model, x, y = make_model("mlp")
+    model.double()
+    rule = biograd.create_rule("feedback_alignment", model)
+    _set_feedback_to_w_transpose(rule)
+    angles = biograd.metrics.update_alignment(rule, x.double(), y)
+    assert max(angles.values()) < 1e-5
+
+
+@pytest.mark.slow
+def test_mnist_acceptance_run_meets_the_issue_targets() -> None:
+    """The benchmark's acceptance run (a few minutes on one CPU thread)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "weight_transport_mnist.py"
+    spec = importlib.util.spec_from_file_location("weight_transport_mnist", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    try:
+        results = {r["rule"]: r for r in bench.main([])}
+    except biograd.DataError as err:
+        pytest.skip(f"MNIST unavailable: {err}")
+    acc = {k: r["test_accuracy"] for k, r in results.items()}
+    assert acc["backprop"] >= 97.5
+    assert min(acc["kolen_pollack"], acc["weight_mirror"]) >= acc["backprop"] - 1
+    assert acc["feedback_alignment"] >= 95 and acc["sign_symmetry"] >= 95
+    assert acc["direct_feedback_alignment"] >= 94
+    assert max(results["kolen_pollack"]["angles_deg"].values()) < 5
+    assert max(results["weight_mirror"]["angles_deg"].values()) < 15
