@@ -133,6 +133,37 @@ class LearningRule(nn.Module, abc.ABC):
                 f"rule {self.name!r}: integer labels must be 1-D (batch,), "
                 f"got shape {tuple(y.shape)}"
             )
+        self.check_input_fits(x)
+
+    def check_input_fits(self, x: Tensor) -> None:
+        """Raise :class:`InputError` if ``x``'s dtype differs from the model's parameters, or
+        (for an ``nn.Sequential`` starting with [Flatten,] Linear or Conv2d) its shape does
+        not fit the first layer; cases torch would reject with a bare RuntimeError."""
+        param = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+        if param is not None and x.dtype != param.dtype:
+            raise InputError(
+                f"rule {self.name!r}: inputs are {x.dtype} but the model's parameters are "
+                f"{param.dtype}; convert with x.to({param.dtype})"
+            )
+        if not isinstance(self.model, nn.Sequential) or len(self.model) == 0:
+            return
+        layers = list(self.model)
+        flat = isinstance(layers[0], nn.Flatten)
+        first = layers[1] if flat and len(layers) > 1 else layers[0]
+        if isinstance(first, nn.Linear):
+            got = x[:1].flatten(1).shape[1] if flat else x.shape[-1]
+            if x.dim() < 2 or got != first.in_features:
+                raise InputError(
+                    f"rule {self.name!r}: inputs of shape {tuple(x.shape)} do not fit the "
+                    f"model's first layer {first} (expects {first.in_features} features per "
+                    f"sample)"
+                )
+        elif isinstance(first, nn.Conv2d) and not flat and (
+                x.dim() != 4 or x.shape[1] != first.in_channels):
+            raise InputError(
+                f"rule {self.name!r}: inputs of shape {tuple(x.shape)} do not fit the model's "
+                f"first layer {first} (expects (batch, {first.in_channels}, H, W))"
+            )
 
     def check_labels(self, output: Tensor, y: Tensor) -> None:
         """Labels must index the output's classes."""

@@ -2,9 +2,10 @@
 
     biograd train   [--config F] [--resume DIR] [--overwrite] [--key=value ...]
     biograd compare [--config F] [--overwrite] [--key=value ...]
+    biograd reproduce PAPER [--budget quick|full] [--seeds N] [--out DIR] [--key=value ...]
     biograd rules
     biograd data list
-    biograd data fetch NAME... [--data-dir D] [--force]
+    biograd data fetch NAME... [--data-dir D] [--force] [--from DIR]
 
 Every bad input prints one clear line on stderr and exits with status 2; nothing saved is
 overwritten unless ``--overwrite`` is given.
@@ -35,6 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compare", allow_abbrev=False, help="train several rules x seeds")
     comp.add_argument("--config", help="YAML config file")
     comp.add_argument("--overwrite", action="store_true", help="retrain, replacing old runs")
+    rep = sub.add_parser("reproduce", allow_abbrev=False,
+                         help="reproduce a defining paper's experiments and write its report")
+    rep.add_argument("paper", help="p1-lra, p2-ldrl, p3-weight-transport, "
+                                   "p4-activation-relaxation or p5-zil")
+    rep.add_argument("--budget", default="quick", help="quick (minutes on a CPU) or full")
+    rep.add_argument("--seeds", type=int, default=None, help="number of seeds (default: preset)")
+    rep.add_argument("--out", default="docs/results", help="report folder (docs/results)")
+    rep.add_argument("--runs", default="runs/reproduce", help="run directories' root")
+    rep.add_argument("--preset", default=None, help="preset YAML (configs/reproduce/PAPER.yaml)")
+    rep.add_argument("--overwrite", action="store_true", help="retrain, replacing old runs")
     sub.add_parser("rules", help="list the registered learning rules")
     data = sub.add_parser("data", help="list or fetch datasets")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -43,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("names", nargs="+", metavar="NAME")
     fetch.add_argument("--data-dir", default=None, help="where to store them")
     fetch.add_argument("--force", action="store_true", help="fetch again even if present")
+    fetch.add_argument("--from", dest="source_dir", default=None, metavar="DIR",
+                       help="take the files from a local folder (verified by SHA-256)")
     return parser
 
 
@@ -93,6 +106,16 @@ def _cmd_compare(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace, overrides: list[str], argv: list[str]) -> int:
+    from biograd.runner.reproduce import reproduce
+
+    summary = reproduce(args.paper, args.budget, seeds=args.seeds, out=args.out,
+                        runs_dir=args.runs, overrides=overrides, preset=args.preset,
+                        overwrite=args.overwrite, argv=argv)
+    print(f"wrote {Path(args.out) / (args.paper + '.md')}: {', '.join(summary['verdicts'])}")
+    return 0
+
+
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, ["-" * w for w in widths], *rows]:
@@ -125,7 +148,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
     for name in args.names:
         biograd.data.dataset_info(name)  # unknown names fail before any download
     for name in args.names:
-        path = biograd.data.fetch(name, data_dir=args.data_dir, force=args.force)
+        path = biograd.data.fetch(name, data_dir=args.data_dir, force=args.force,
+                                  source_dir=args.source_dir)
         print(f"{name}: {path}")
     return 0
 
@@ -134,13 +158,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``biograd`` console script; returns the exit status."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command not in ("train", "compare") and extra:
+    if args.command not in ("train", "compare", "reproduce") and extra:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     try:
         if args.command == "train":
             return _cmd_train(args, _overrides(parser, extra))
         if args.command == "compare":
             return _cmd_compare(args, _overrides(parser, extra))
+        if args.command == "reproduce":
+            argv_list = list(sys.argv[1:] if argv is None else argv)
+            return _cmd_reproduce(args, _overrides(parser, extra), argv_list[1:])
         if args.command == "rules":
             return _cmd_rules()
         return _cmd_data(args)

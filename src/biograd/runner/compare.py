@@ -8,6 +8,7 @@ Finished sub-runs whose saved config matches are reused; interrupted ones are re
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import traceback
@@ -101,6 +102,9 @@ def _run_one(sub: Config) -> dict[str, Any]:
 def compare(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
     """Train every requested rule for every seed; write and return the comparison."""
     check_names(cfg)
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        raise ConfigError("biograd compare does not run under torchrun (WORLD_SIZE > 1): "
+                          "launch each `biograd train` with torchrun, or compare without it")
     if cfg.rule_args:
         raise ConfigError(
             "config key 'rule_args' applies to one rule; in a comparison give each rule's "

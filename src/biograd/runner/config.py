@@ -61,6 +61,7 @@ class Config:
     alignment_every: int = 0
     alignment_batch: int = 256
     checkpoint_every: int = 0
+    keep_checkpoints: int = 2
     max_loss: float = 1e4
     time_limit: float | None = None
     tensorboard: bool = False
@@ -127,7 +128,7 @@ def _check_range(cfg: Config) -> None:
     def bad(key: str, rule: str) -> ConfigError:
         return ConfigError(f"config key {key!r} must be {rule}, got {getattr(cfg, key)!r}")
 
-    for key in ("epochs", "batch_size", "eval_batch_size", "alignment_batch"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "alignment_batch", "keep_checkpoints"):
         if getattr(cfg, key) < 1:
             raise bad(key, ">= 1")
     for key in ("lr", "max_loss"):

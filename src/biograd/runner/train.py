@@ -2,7 +2,9 @@
 
 Short and top to bottom (DESIGN.md principle 5); it never branches on the rule's name. Writes
 the run directory (see :mod:`biograd.runner.rundir`): config.yaml, metrics.csv (one row per
-epoch), alignment.csv (every ``alignment_every`` steps), checkpoint.pt, summary.json.
+epoch), alignment.csv (every ``alignment_every`` steps), checkpoint.pt (+ the previous
+``keep_checkpoints - 1``, verified by SHA-256 on resume), summary.json. Under torchrun it
+trains data-parallel (:mod:`biograd.runner.distributed`); only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from biograd.core.rule import LearningRule
 from biograd.runner import rundir
 from biograd.runner.config import Config
 from biograd.runner.data import RunData, load_data
+from biograd.runner.distributed import Dist, from_env
 from biograd.runner.measure import accuracy, angles, divergence, nonfinite_parameter
 from biograd.runner.models import build_model
-from biograd.runner.validate import check_names
+from biograd.runner.validate import check_names, check_supported
 from biograd.runner.yamlio import write_yaml
 
 
@@ -65,9 +68,40 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def _resume_state(out: Path, ddp: Dist) -> tuple[dict[str, Any], list[Path]]:
+    """Rank 0 reads the newest good checkpoint (saying which newer ones it refused) and sends
+    it to the other ranks."""
+    def load() -> tuple[dict[str, Any], list[Path]]:
+        if not out.is_dir():
+            raise CheckpointError(f"cannot resume: run directory {str(out)!r} does not exist")
+        state, path, refused = rundir.load_latest_checkpoint(out)
+        for _, why in refused:
+            print(f"biograd: warning: {why}; falling back to {path.name}", file=sys.stderr,
+                  flush=True)
+        return state, [p for p, _ in refused]
+
+    found = [ddp.on_main(load)]
+    if ddp.enabled:
+        torch.distributed.broadcast_object_list(found, src=0)
+    return found[0]
+
+
 def train(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Train ``cfg.rule`` and return the summary (also written to ``summary.json``)."""
+    """Train ``cfg.rule`` and return the summary (also written to ``summary.json``).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this; see
+    :mod:`biograd.runner.distributed`.
+    """
     check_names(cfg)
+    check_supported(cfg)
+    ddp = from_env()
+    try:
+        return _train(cfg, ddp, overwrite=overwrite, resume=resume)
+    finally:
+        ddp.close()
+
+
+def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str, Any]:
     writer_cls = tensorboard_writer(cfg)
     out = run_dir_of(cfg)
     if cfg.threads:
@@ -87,38 +121,48 @@ def train(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict
 
     ck: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "history": [], "alignment": [],
                           "partial": {}}
+    refused: list[Path] = []
     if resume:
-        if not out.is_dir():
-            raise CheckpointError(f"cannot resume: run directory {str(out)!r} does not exist")
-        ck = rundir.load_checkpoint(out)
+        ck, refused = _resume_state(out, ddp)
         try:
             rule.load_state_dict(ck["rule"])
             opt.load_state_dict(ck["optimizer"])
             if sched is not None and ck.get("scheduler") is not None:
                 sched.load_state_dict(ck["scheduler"])
             torch.set_rng_state(ck["torch_rng"])
+            if "python_rng" in ck:
+                rundir.set_host_rng_state(ck["python_rng"], ck["numpy_rng"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(
                 f"checkpoint in {str(out)!r} does not fit this config (rule {cfg.rule!r}, "
                 f"model {cfg.model!r}): {exc}"
             ) from None
-    rundir.prepare(out, overwrite=overwrite, resume=resume)
-    write_yaml(out / rundir.CONFIG, cfg.to_dict())
     history: list[dict[str, Any]] = list(ck["history"])
     align_rows: list[dict[str, Any]] = list(ck["alignment"])
-    rundir.write_rows(out / rundir.METRICS, history)  # on resume: drop rows after the checkpoint
-    if align_rows:
-        rundir.write_rows(out / rundir.ALIGNMENT, align_rows)
-    writer = writer_cls(str(out / "tensorboard")) if writer_cls else None
+
+    def start() -> None:
+        rundir.prepare(out, overwrite=overwrite, resume=resume)
+        rundir.set_aside(refused)
+        write_yaml(out / rundir.CONFIG, cfg.to_dict())
+        rundir.write_rows(out / rundir.METRICS, history)  # resume: drop rows after the checkpoint
+        if align_rows:
+            rundir.write_rows(out / rundir.ALIGNMENT, align_rows)
+
+    ddp.on_main(start)
+    main = ddp.is_main
+    writer = writer_cls(str(out / "tensorboard")) if writer_cls and main else None
 
     def checkpoint(epoch: int, batch: int, partial: dict[str, float]) -> None:
+        if not main:
+            return
         rundir.save_checkpoint(out, {
             "format": 1, "epoch": epoch, "batch": batch, "step": step, "partial": partial,
             "rule": rule.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else None,
-            "torch_rng": torch.get_rng_state(), "history": history, "alignment": align_rows,
+            "torch_rng": torch.get_rng_state(), **rundir.host_rng_state(),
+            "history": history, "alignment": align_rows,
             "config": cfg.to_dict(),
-        })
+        }, keep=cfg.keep_checkpoints)
 
     step, status, reason, truncated = int(ck["step"]), "completed", None, False
     started = time.perf_counter()
@@ -131,31 +175,31 @@ def train(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict
         acc = {k: acc.get(k, 0.0)
                for k in ("loss", "correct", "count", "seconds", "window_loss", "window_n")}
         bar = tqdm(range(first, len(batches)), desc=f"{cfg.rule} epoch {epoch + 1}",
-                   disable=not sys.stderr.isatty(), leave=False)
+                   disable=not (main and sys.stderr.isatty()), leave=False)
         t0, cut = time.perf_counter(), False
         for b in bar:
-            x, y = data.train_x[batches[b]], data.train_y[batches[b]]
             opt.zero_grad(set_to_none=True)
-            res = rule.step(x, y)
-            reason = divergence(res.loss, rule, cfg.max_loss)
+            loss, correct, count = ddp.step(rule, data.train_x, data.train_y, batches[b])
+            reason = divergence(loss, rule, cfg.max_loss)
             if reason is not None:
                 status = "diverged"
                 break
             opt.step()
+            ddp.sync_state(rule)
             reason = nonfinite_parameter(rule)
             if reason is not None:  # the update overflowed: diverged at this step
                 status = "diverged"
                 break
             step += 1
-            acc["loss"] += res.loss * len(y)
-            acc["correct"] += float((res.output.argmax(-1) == y).sum())
-            acc["count"] += len(y)
-            acc["window_loss"] += res.loss
+            acc["loss"] += loss * count
+            acc["correct"] += correct
+            acc["count"] += count
+            acc["window_loss"] += loss
             acc["window_n"] += 1
-            bar.set_postfix(loss=f"{res.loss:.4f}")
+            bar.set_postfix(loss=f"{loss:.4f}")
             if writer:
-                writer.add_scalar("train/loss", res.loss, step)
-            if cfg.alignment_every and step % cfg.alignment_every == 0:
+                writer.add_scalar("train/loss", loss, step)
+            if main and cfg.alignment_every and step % cfg.alignment_every == 0:
                 t_a = time.perf_counter()
                 align_rows.append({"step": step, "epoch": epoch + 1,
                                    "train_loss": acc["window_loss"] / acc["window_n"],
@@ -163,7 +207,7 @@ def train(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict
                 acc["window_loss"] = acc["window_n"] = 0.0
                 rundir.write_rows(out / rundir.ALIGNMENT, align_rows)
                 t0 += time.perf_counter() - t_a
-            if cfg.time_limit and time.perf_counter() - started > cfg.time_limit:
+            if cfg.time_limit and not ddp.all_ok(time.perf_counter() - started <= cfg.time_limit):
                 truncated = b + 1 < len(batches) or epoch + 1 < cfg.epochs
                 cut = b + 1 < len(batches)
                 if cut:
@@ -179,10 +223,11 @@ def train(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict
         acc["seconds"] += time.perf_counter() - t0
         row = _epoch_row(cfg, rule, data, acc, epoch, step, opt.param_groups[0]["lr"])
         history.append(row)
-        print(f"[{cfg.rule}] epoch {epoch + 1}/{cfg.epochs}: train_loss {row['train_loss']:.4f} "
-              f"test_acc {row['test_acc']:.4f} ({row['seconds']:.1f}s)", file=sys.stderr,
-              flush=True)
-        rundir.write_rows(out / rundir.METRICS, history)
+        if main:
+            print(f"[{cfg.rule}] epoch {epoch + 1}/{cfg.epochs}: "
+                  f"train_loss {row['train_loss']:.4f} test_acc {row['test_acc']:.4f} "
+                  f"({row['seconds']:.1f}s)", file=sys.stderr, flush=True)
+            rundir.write_rows(out / rundir.METRICS, history)
         if writer:
             for key, value in row.items():
                 if value is not None and key not in ("epoch", "step"):
@@ -195,8 +240,10 @@ def train(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict
         writer.close()
     steps_per_epoch = len(range(0, n, cfg.batch_size))
     summary = _summary(cfg, out, history, status, step, reason, truncated, rule, steps_per_epoch)
-    rundir.write_json(out / rundir.SUMMARY, summary)
+    if main:
+        rundir.write_json(out / rundir.SUMMARY, summary)
     return summary
+
 
 
 def _epoch_row(cfg: Config, rule: LearningRule, data: RunData, acc: dict[str, float],

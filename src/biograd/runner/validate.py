@@ -5,11 +5,11 @@ they import the registries (config.py itself stays import-light)."""
 from __future__ import annotations
 
 import biograd.data
-from biograd.core.errors import ConfigError, close_matches
+from biograd.core.errors import ConfigError, UnsupportedModelError, close_matches
 from biograd.core.losses import LOSSES
 from biograd.core.registry import list_rules, rule_info
 from biograd.runner.config import Config
-from biograd.runner.models import MODELS
+from biograd.runner.models import MODELS, model_kind
 
 
 def check_names(cfg: Config) -> None:
@@ -50,3 +50,17 @@ def check_names(cfg: Config) -> None:
                     f"{arg!r}.{close_matches(arg, hparams)} "
                     f"Its hyper-parameters: {', '.join(hparams) or '(none)'}."
                 )
+
+
+def check_supported(cfg: Config) -> None:
+    """``cfg.rule`` must support ``cfg.model``'s kind (UnsupportedModelError naming the rules
+    that do, otherwise)."""
+    kind = model_kind(cfg.model)
+    info = rule_info(cfg.rule)
+    if kind not in info.supports:
+        able = [n for n in list_rules() if kind in rule_info(n).supports]
+        raise UnsupportedModelError(
+            f"rule {cfg.rule!r} does not support model {cfg.model!r} (a {kind} model; it "
+            f"supports {', '.join(info.supports)}). Rules that support {kind} models: "
+            f"{', '.join(able)}."
+        )

@@ -1,0 +1,54 @@
+"""DTP-sigma: P1's "improved DTP", read as in ALGORITHMS.md (exact definition unavailable)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from biograd.core import checks
+from biograd.core.errors import ConfigError
+from biograd.core.losses import LossFn
+from biograd.core.registry import register_rule
+from biograd.ops.tp_losses import TOP_TARGETS, ReconstructionLoss
+from biograd.rules._target_prop import TargetPropagationRule
+
+
+@register_rule(
+    "dtp_sigma",
+    family="target_propagation",
+    paper="Ororbia & Mali 2019, Biologically Motivated Algorithms for Propagating Local Target "
+    "Representations, AAAI (P1's DTP-sigma baseline; our reading, see docs)",
+    supports=("mlp", "cnn"),
+)
+class DTPSigma(TargetPropagationRule):
+    """DTP with an LRA-E-style error-driven top target and noise-injected inverse training.
+
+    The paper gives no equations; this reading (ALGORITHMS.md) departs from :class:`DTP` in
+    switchable parts: ``top_target`` ("error": e_L = softmax(z_L) - onehot(y) as LRA-E's output
+    error, or "gradient": DTP's dl/dz_L), the noise std ``sigma`` of the reconstruction
+    ||g(f(z+n)) - (z+n)||^2 (``sigma=0`` switches the noise off), and
+    ``difference_correction`` (False gives plain TP targets t_{l-1} = g_l(t_l)). Inverses get
+    ``feedback_steps`` updates per batch from the rule's own optimizer.
+    """
+
+    def __init__(
+        self, model: nn.Module, loss: str | LossFn = "cross_entropy", *, beta: float = 0.1,
+        feedback_steps: int | list[int] = 1, feedback_lr: float | list[float] = 0.01,
+        sigma: float | list[float] = 0.1, feedback_momentum: float = 0.9,
+        feedback_activation: str = "same",
+        top_target: str = "error", difference_correction: bool = True,
+    ) -> None:
+        checks.choice("dtp_sigma", "top_target", top_target, tuple(TOP_TARGETS))
+        if not isinstance(difference_correction, bool):
+            raise ConfigError(
+                f"rule 'dtp_sigma': difference_correction must be True or False, got "
+                f"{difference_correction!r}"
+            )
+        super().__init__(
+            model, loss, beta=beta, feedback_steps=feedback_steps, feedback_lr=feedback_lr,
+            sigma=sigma, feedback_momentum=feedback_momentum,
+            feedback_activation=feedback_activation, feedback_loss=ReconstructionLoss(),
+            top_nudge=TOP_TARGETS[top_target], difference_correction=difference_correction,
+        )
+
+    #: sigma = 0 switches the noise of the inverse training off.
+    ALLOW_ZERO_SIGMA = True

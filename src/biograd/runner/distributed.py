@@ -1,0 +1,162 @@
+"""Data-parallel training with ``torch.distributed`` (``torchrun --nproc_per_node=N -m biograd
+train ...``).
+
+Every rank builds the same model, rule and optimizer from the same seed and draws the same
+seeded permutation of the training set; each global batch (exactly the single-process batch)
+is cut into ``world_size`` contiguous shards (``Tensor.tensor_split``, the equivalent of a
+``DistributedSampler`` over the runner's own batching) and each rank runs ``rule.step`` on its
+shard. Then:
+
+1. :meth:`Dist.reduce_grads` sums ``(n_rank / n_batch) * grad`` over ranks for every parameter
+   the optimizer owns (forward and feedback), i.e. the average weighted by shard size, which is
+   the full batch's update for every rule whose update is a mean over samples (a ragged last
+   batch included);
+2. the step's loss sum, correct count and sample count are summed the same way, so every rank
+   sees the same loss and takes the same divergence decision;
+3. after ``optimizer.step()``, :meth:`Dist.sync_state` broadcasts from rank 0 what a rule may
+   change outside ``.grad``: its buffers, all its parameters outside the model (trainable
+   feedback weights and frozen ones trained by an inner loop) and every module's extra state
+   (the rule's generator, inner optimizers). All ranks thus hold identical weights.
+
+Only rank 0 writes files. The backend is gloo: the runner trains on the CPU (docs/usage.md).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from biograd.core.errors import BiogradError, ConfigError
+from biograd.core.rule import LearningRule
+
+
+@dataclass
+class Dist:
+    """This process's place in the process group (world_size 1: no group, plain training)."""
+
+    rank: int = 0
+    world_size: int = 1
+    owns_group: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes files."""
+        return self.rank == 0
+
+    def shard(self, index: Tensor) -> Tensor:
+        """This rank's contiguous slice of a global batch's sample indices."""
+        return index.tensor_split(self.world_size)[self.rank] if self.enabled else index
+
+    def on_main(self, action: Callable[[], Any]) -> Any:
+        """Run ``action`` on rank 0 only (file writes); every rank raises if it failed there."""
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = action()
+            except BiogradError as exc:
+                error = exc
+        if not self.all_ok(error is None):
+            raise error or BiogradError("rank 0 failed to prepare the run (see its output)")
+        return result
+
+    def step(self, rule: LearningRule, x_all: Tensor, y_all: Tensor, index: Tensor,
+             ) -> tuple[float, float, int]:
+        """``rule.step`` on this rank's shard of the global batch ``index``; returns the whole
+        batch's (mean loss, correct count, sample count), with ``.grad`` averaged over ranks."""
+        local = self.shard(index)
+        x, y = x_all[local], y_all[local]
+        if not self.enabled:
+            res = rule.step(x, y)
+            return res.loss, float((res.output.argmax(-1) == y).sum()), len(y)
+        loss_sum = correct = 0.0
+        if len(local):  # a ragged last batch may leave a rank without samples
+            res = rule.step(x, y)
+            loss_sum, correct = res.loss * len(y), float((res.output.argmax(-1) == y).sum())
+        self.reduce_grads(rule, len(local), len(index))
+        loss_sum, correct, count = self.sum([loss_sum, correct, float(len(local))])
+        return loss_sum / count, correct, int(count)
+
+    def all_ok(self, ok: bool) -> bool:
+        """True on every rank iff ``ok`` on every rank (so all ranks raise or go on together)."""
+        if not self.enabled:
+            return ok
+        flag = torch.tensor([0.0 if ok else 1.0])
+        dist.all_reduce(flag)
+        return float(flag) == 0.0
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum of ``values`` over ranks (float64)."""
+        if not self.enabled:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def reduce_grads(self, rule: LearningRule, n_local: int, n_global: int) -> None:
+        """Replace each parameter's ``.grad`` by the shard-size weighted average over ranks."""
+        if not self.enabled:
+            return
+        params = list(rule.parameters())
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params]) * (n_local / n_global)
+        dist.all_reduce(flat)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+            offset += n
+
+    @torch.no_grad()
+    def sync_state(self, rule: LearningRule) -> None:
+        """Broadcast rank 0's buffers, parameters outside the model and extra states."""
+        if not self.enabled:
+            return
+        model = {id(p) for p in rule.model.parameters()}
+        own = [p for p in nn.Module.parameters(rule) if id(p) not in model]  # frozen ones too
+        for t in [*own, *rule.buffers()]:
+            dist.broadcast(t.data, src=0)
+        modules = [m for m in rule.modules()
+                   if type(m).get_extra_state is not nn.Module.get_extra_state]
+        states = [m.get_extra_state() for m in modules]
+        dist.broadcast_object_list(states, src=0)
+        if not self.is_main:
+            for module, state in zip(modules, states, strict=True):
+                module.set_extra_state(state)
+
+    def close(self) -> None:
+        """Destroy the process group if this object created it."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def from_env() -> Dist:
+    """Join the process group described by torchrun's environment (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``), or use one already initialised; world size 1 otherwise."""
+    if dist.is_available() and dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size())
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not world.isdigit() or int(world) < 1:
+        raise ConfigError(f"environment variable WORLD_SIZE must be a positive integer, "
+                          f"got {world!r}")
+    if int(world) == 1:
+        return Dist()
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise ConfigError(
+            f"WORLD_SIZE={world} but {', '.join(missing)} not set: launch with "
+            f"`torchrun --nproc_per_node=N -m biograd train ...`"
+        )
+    dist.init_process_group(backend="gloo", init_method="env://")
+    return Dist(dist.get_rank(), dist.get_world_size(), owns_group=True)

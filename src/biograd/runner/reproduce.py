@@ -1,0 +1,233 @@
+"""``biograd reproduce PAPER --budget quick|full``: one command per defining paper (issue 5).
+
+A paper's preset (``configs/reproduce/PAPER.yaml``) holds the paper's architectures and
+hyper-parameters as ``biograd train`` config keys::
+
+    base:        config keys shared by every run
+    budgets:     quick / full -> {seeds: N, config: {...}, settings: {...}}
+    experiments: name -> {config: {...}, quick: {...}, full: {...}, arms: [subset],
+                          only: [budgets it runs in]}
+    arms:        label -> {rule: NAME, rule_args: {...}, config: {...}}
+    settings:    paper-specific measurement settings (P4's relaxation batch, P5's repeats)
+
+Each run's config is ``base <- budget.config <- experiment.config <- experiment[budget] <-
+arm.config <- --key=value overrides`` plus the arm's rule and rule_args and the seed. Runs are
+ordinary run directories (``RUNS/PAPER/BUDGET/EXPERIMENT/ARM-sSEED``) trained with
+:func:`biograd.runner.train.train`; finished ones are reused and interrupted ones resumed, by
+the same mechanism as ``biograd compare``. The paper's module (``reproduce_p1`` ...
+``reproduce_p5``) then measures what the runs do not (P4's relaxation, P5's exactness and
+cost) and writes the tables and claim check; :mod:`biograd.runner.reproduce_report` writes
+``OUT/PAPER.md``, its PNGs in ``OUT/PAPER/``, ``OUT/PAPER.json`` and ``OUT/README.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from biograd.core.errors import ConfigError, unknown_name
+from biograd.runner.compare import _check_reusable, _dry_build, _run_one
+from biograd.runner.config import Config, apply_override, from_dict
+from biograd.runner.train import run_dir_of
+from biograd.runner.validate import check_names
+from biograd.runner.yamlio import parse_scalar, read_yaml
+
+PAPERS = ("p1-lra", "p2-ldrl", "p3-weight-transport", "p4-activation-relaxation", "p5-zil")
+BUDGETS = ("quick", "full")
+MODULES = dict(zip(PAPERS, ("reproduce_p1", "reproduce_p2", "reproduce_p3", "reproduce_p4",
+                            "reproduce_p5"), strict=True))
+PRESET_DIR = Path(__file__).resolve().parents[3] / "configs" / "reproduce"
+_TOP = {"paper", "title", "reference", "claim", "base", "budgets", "experiments", "arms",
+        "settings"}
+_BUDGET = {"seeds", "config", "settings"}
+_EXPERIMENT = {"label", "config", "arms", "only", *BUDGETS}
+_ARM = {"rule", "rule_args", "config"}
+
+
+@dataclass
+class RunSpec:
+    """One training of the plan: experiment, arm (label), seed and its resolved config."""
+
+    experiment: str
+    arm: str
+    seed: int
+    config: Config
+
+
+@dataclass
+class Plan:
+    """A preset resolved for one budget: the runs and the paper-specific settings."""
+
+    paper: str
+    budget: str
+    preset: dict[str, Any]
+    seeds: list[int]
+    runs: list[RunSpec]
+    settings: dict[str, Any]
+    experiments: dict[str, Config] = field(default_factory=dict)  # arm-free config per exp
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge (nested dicts merged key by key, anything else replaced)."""
+    out = copy.deepcopy(base)
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_keys(where: str, data: Any, allowed: set[str]) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {where} must be a mapping, got {data!r}")
+    bad = sorted(set(data) - allowed)
+    if bad:
+        raise ConfigError(f"preset {where}: unknown key {bad[0]!r}; valid: "
+                          f"{', '.join(sorted(allowed))}")
+    return data
+
+
+def load_preset(paper: str, path: str | Path | None = None) -> dict[str, Any]:
+    """Read and check the preset of ``paper`` (``configs/reproduce/PAPER.yaml`` or ``path``)."""
+    if paper not in PAPERS:
+        raise unknown_name("paper", paper, PAPERS)
+    file = Path(path) if path else PRESET_DIR / f"{paper}.yaml"
+    if not file.is_file():
+        raise ConfigError(f"preset {str(file)!r} not found; pass --preset FILE (the presets "
+                          f"live in the repository's configs/reproduce/)")
+    data = _check_keys(str(file), read_yaml(file), _TOP)
+    if data.get("paper") != paper:
+        raise ConfigError(f"preset {str(file)!r} is for {data.get('paper')!r}, not {paper!r}")
+    for name in BUDGETS:
+        _check_keys(f"budgets.{name}", (data.get("budgets") or {}).get(name), _BUDGET)
+    for name, exp in (data.get("experiments") or {}).items():
+        _check_keys(f"experiments.{name}", exp, _EXPERIMENT)
+        for arm in exp.get("arms") or []:
+            if arm not in (data.get("arms") or {}):
+                raise ConfigError(f"preset experiments.{name}.arms: unknown arm {arm!r}")
+    for name, arm in (data.get("arms") or {}).items():
+        if "rule" not in _check_keys(f"arms.{name}", arm, _ARM):
+            raise ConfigError(f"preset arms.{name} needs a 'rule'")
+    return data
+
+
+def plan(preset: dict[str, Any], budget: str, *, seeds: int | None = None,
+         overrides: list[str] | tuple[str, ...] = (), runs_dir: str | Path = "runs/reproduce",
+         ) -> Plan:
+    """Resolve ``preset`` for ``budget``: every (experiment, arm, seed) with its config.
+    ``overrides`` (``key=value``) apply to every run; ``settings.key=value`` to the settings."""
+    if budget not in BUDGETS:
+        raise unknown_name("budget", budget, BUDGETS)
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    bud = (preset.get("budgets") or {}).get(budget) or {}
+    n_seeds = seeds if seeds is not None else int(bud.get("seeds", 1))
+    settings = merge(preset.get("settings") or {}, bud.get("settings") or {})
+    run_over = []
+    for item in overrides:
+        key = item.removeprefix("--")
+        if key.startswith("settings."):
+            _set_dotted(settings, key.removeprefix("settings."))
+        else:
+            run_over.append(key)
+    paper, out = preset["paper"], Path(runs_dir) / preset["paper"] / budget
+    result = Plan(paper, budget, preset, list(range(n_seeds)), [], settings)
+    arms = preset.get("arms") or {}
+    for name, exp in (preset.get("experiments") or {}).items():
+        if budget not in exp.get("only", BUDGETS):
+            continue
+        data = merge(merge(merge(preset.get("base") or {}, bud.get("config") or {}),
+                           exp.get("config") or {}), exp.get(budget) or {})
+        exp_cfg = _resolve(data, run_over, {"out_dir": str(out / name)})
+        result.experiments[name] = exp_cfg
+        for label in exp.get("arms") or list(arms):
+            arm = arms[label]
+            arm_data = merge(data, arm.get("config") or {})
+            for seed in result.seeds:
+                cfg = _resolve(arm_data, run_over, {
+                    "rule": arm["rule"], "rule_args": dict(arm.get("rule_args") or {}),
+                    "seed": seed, "out_dir": str(out / name), "run_name": f"{label}-s{seed}",
+                    "rules": [arm["rule"]], "seeds": [seed]})
+                result.runs.append(RunSpec(name, label, seed, cfg))
+    return result
+
+
+def _set_dotted(settings: dict[str, Any], item: str) -> None:
+    """Apply ``key=value`` (dotted for nested) to the paper's measurement settings."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like --settings.key=value")
+    key, text = item.split("=", 1)
+    *parents, last = key.split(".")
+    if key.split(".")[0] not in settings:
+        raise ConfigError(f"unknown setting {key.split('.')[0]!r}; this paper's settings: "
+                          f"{', '.join(settings) or 'none'}")
+    node = settings
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = parse_scalar(text)
+
+
+def _resolve(data: dict[str, Any], overrides: list[str], fixed: dict[str, Any]) -> Config:
+    data = merge(data, {})
+    for item in overrides:
+        apply_override(data, item)
+    return from_dict({**data, **fixed})
+
+
+def run_plan(p: Plan, *, overwrite: bool = False) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Train every run of ``p`` (reusing finished runs, resuming interrupted ones)."""
+    for spec in p.runs:
+        check_names(spec.config)
+    if overwrite:
+        for d in {Path(s.config.out_dir) for s in p.runs}:
+            shutil.rmtree(d, ignore_errors=True)
+    for spec in p.runs:
+        _check_reusable(spec.config)
+    todo = [s for s in p.runs if not (run_dir_of(s.config) / "summary.json").is_file()]
+    if todo:  # one-time costs out of the first timed run (as compare does)
+        _dry_build(todo[0].config, warm_up_steps=10)
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for i, spec in enumerate(p.runs):
+        print(f"[reproduce {p.paper}] {i + 1}/{len(p.runs)} {spec.experiment} {spec.arm} "
+              f"seed {spec.seed}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            summary = _run_one(spec.config)
+        except ConfigError:
+            raise
+        except Exception as exc:  # a broken rule must not sink the whole reproduction
+            traceback.print_exc()
+            summary = {"status": "failed", "rule": spec.config.rule, "seed": spec.seed,
+                       "error": f"{type(exc).__name__}: {exc}"}
+        summary = {**summary, "arm": spec.arm, "experiment": spec.experiment,
+                   "run_dir": str(run_dir_of(spec.config)),
+                   "wall_seconds": time.perf_counter() - t0}
+        results.setdefault((spec.experiment, spec.arm), []).append(summary)
+    return results
+
+
+def reproduce(paper: str, budget: str = "quick", *, seeds: int | None = None,
+              out: str | Path = "docs/results", runs_dir: str | Path = "runs/reproduce",
+              overrides: list[str] | tuple[str, ...] = (), preset: str | Path | None = None,
+              overwrite: bool = False, argv: list[str] | None = None) -> dict[str, Any]:
+    """Run ``paper``'s reproduction at ``budget`` and write its report; returns its summary
+    (the verdicts and key numbers also saved as ``OUT/PAPER.json``)."""
+    from biograd.runner import reproduce_report
+
+    started = time.perf_counter()
+    p = plan(load_preset(paper, preset), budget, seeds=seeds, overrides=overrides,
+             runs_dir=runs_dir)
+    results = run_plan(p, overwrite=overwrite)
+    module = importlib.import_module(f"biograd.runner.{MODULES[paper]}")
+    ctx = reproduce_report.Context(p, results, Path(out), started, argv or [])
+    return reproduce_report.write(ctx, module.report(ctx))

@@ -1,0 +1,332 @@
+"""Shared pieces of the reproduction reports (``biograd reproduce``): the context a paper's
+module reads, table and plot helpers, and the writer of ``OUT/PAPER.md``, ``OUT/PAPER.json``
+and the cross-paper ``OUT/README.md``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from biograd.runner.rundir import ALIGNMENT, read_rows
+
+Results = dict[tuple[str, str], list[dict[str, Any]]]
+
+
+@dataclass
+class Claim:
+    """One of the paper's claims, the verdict this run gives it and why (plain words)."""
+
+    claim: str
+    verdict: str  # "held", "partly held", "did not hold", "not tested"
+    evidence: str
+
+
+@dataclass
+class Section:
+    """What a paper's module returns: Markdown body (tables, figures), claims, key numbers."""
+
+    body: str
+    claims: list[Claim]
+    key_numbers: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """Everything a paper's report module reads."""
+
+    plan: Any  # biograd.runner.reproduce.Plan
+    results: Results
+    out: Path
+    started: float
+    argv: list[str]
+
+    @property
+    def fig_dir(self) -> Path:
+        path = self.out / self.plan.paper
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def figure(self, name: str) -> tuple[Path, str]:
+        """(file path, Markdown link relative to the report) of figure ``name``."""
+        return self.fig_dir / name, f"{self.plan.paper}/{name}"
+
+    def runs(self, experiment: str, arm: str) -> list[dict[str, Any]]:
+        return self.results.get((experiment, arm), [])
+
+    def arms(self, experiment: str) -> list[str]:
+        return [a for (e, a) in self.results if e == experiment]
+
+
+def num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value); NaNs for none."""
+    if not values:
+        return float("nan"), float("nan")
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def completed(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [s for s in runs if s.get("status") == "completed" and num(s.get("test_acc"))]
+
+
+def accuracies(runs: list[dict[str, Any]]) -> list[float]:
+    """Test accuracies (%) of the completed runs."""
+    return [100 * s["test_acc"] for s in completed(runs)]
+
+
+def cell(values: list[float], spec: str = ".2f") -> str:
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    return f"{mean:{spec}} ± {std:{spec}}" if len(values) > 1 else f"{mean:{spec}}"
+
+
+def fmt(value: float, spec: str = ".1f", unit: str = "") -> str:
+    """``value`` formatted with ``unit``, or '-' when it is NaN (nothing measured)."""
+    return f"{value:{spec}}{unit}" if value == value else "-"
+
+
+def acc_cell(runs: list[dict[str, Any]]) -> str:
+    """Test accuracy % (mean ± std over completed seeds) and how many runs diverged/failed."""
+    text = cell(accuracies(runs))
+    bad = [s.get("status") for s in runs if s.get("status") in ("diverged", "failed")]
+    if bad:
+        kinds = ", ".join(f"{bad.count(k)} {k}" for k in dict.fromkeys(bad))
+        text = f"{text} ({kinds} of {len(runs)})" if text != "-" else f"{kinds} of {len(runs)}"
+    return text
+
+
+def seconds_per_epoch(runs: list[dict[str, Any]]) -> float:
+    secs = [s["seconds_per_epoch"] for s in runs if num(s.get("seconds_per_epoch"))]
+    return sum(secs) / len(secs) if secs else float("nan")
+
+
+def cost_ratio(ctx: Context, experiment: str, arm: str, ref: str = "backprop") -> float:
+    """Training seconds per epoch of ``arm`` over ``ref``'s in the same experiment."""
+    return seconds_per_epoch(ctx.runs(experiment, arm)) / seconds_per_epoch(
+        ctx.runs(experiment, ref))
+
+
+def angle_columns(runs: list[dict[str, Any]], prefix: str) -> dict[str, tuple[list, list]]:
+    """Per column ``prefix/<name>`` of the runs' alignment.csv: (steps, mean over seeds)."""
+    per: dict[str, dict[float, list[float]]] = {}
+    for s in runs:
+        path = Path(s.get("run_dir", "")) / ALIGNMENT
+        if not path.is_file():
+            continue
+        for row in read_rows(path):
+            for key, value in row.items():
+                if key.startswith(prefix) and num(value):
+                    per.setdefault(key[len(prefix):], {}).setdefault(row["step"], []).append(value)
+    return {k: (sorted(v), [sum(v[x]) / len(v[x]) for x in sorted(v)]) for k, v in per.items()}
+
+
+def plot_layer_angles(ctx: Context, experiment: str, arms: list[str], prefix: str, name: str,
+                      ylabel: str) -> str:
+    """One panel per arm, one line per layer (``prefix`` columns of alignment.csv) over
+    training steps; returns the Markdown image line ('' when nothing was logged)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {a: angle_columns(ctx.runs(experiment, a), prefix) for a in arms}
+    curves = {a: c for a, c in curves.items() if c}
+    if not curves:
+        return ""
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), squeeze=False)
+    for ax, (arm, cols) in zip(axes[0], curves.items(), strict=True):
+        for col, (xs, ys) in cols.items():
+            if col.endswith("bias"):
+                continue
+            ax.plot(xs, ys, label=f"layer {col.removesuffix('.weight')}", linewidth=1.2)
+        ax.set_title(arm, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 95)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=6, loc="upper right")
+    fig.suptitle(f"{ylabel}: {experiment}", fontsize=10)
+    fig.tight_layout()
+    path, link = ctx.figure(name)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"![{ylabel}, {experiment}]({link})\n"
+
+
+def learning_curves(ctx: Context, experiment: str, name: str) -> str:
+    """The runner's learning-curve plot of one experiment (mean over seeds)."""
+    from biograd.plots import learning_curves as plot
+
+    groups = {a: [Path(s["run_dir"]) for s in ctx.runs(experiment, a) if "run_dir" in s]
+              for a in ctx.arms(experiment)}
+    path, link = ctx.figure(name)
+    plot(groups, path, title=f"{experiment} ({ctx.plan.budget} budget)")
+    return f"![learning curves, {experiment}]({link})\n"
+
+
+def hardware() -> list[str]:
+    """Lines describing the machine and the library versions."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from biograd import __version__ as version
+
+    return [
+        f"- machine: {cpu}, {os.cpu_count()} logical CPUs (shared), {platform.platform()}",
+        f"- torch threads: {torch.get_num_threads()} (OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}); CUDA used: no",
+        f"- python {sys.version.split()[0]}, torch {torch.__version__}, numpy {np.__version__}, "
+        f"biograd {version}",
+    ]
+
+
+def _config_lines(ctx: Context) -> list[str]:
+    p = ctx.plan
+    lines = ["| experiment | dataset | model | model_args | loss | epochs | batch | "
+             "train / test subset | optimizer |", "| --- | --- | --- | --- | --- | --- | --- "
+             "| --- | --- |"]
+    for name, c in p.experiments.items():
+        opt = f"{c.optimizer} lr {c.lr:g}" + (f" mom {c.momentum:g}" if c.momentum else "")
+        opt += f" wd {c.weight_decay:g}" if c.weight_decay else ""
+        opt += f", {c.scheduler}" if c.scheduler != "none" else ""
+        lines.append(f"| {name} | {c.dataset} | {c.model} | {c.model_args or '-'} | {c.loss} "
+                     f"| {c.epochs} | {c.batch_size} | {c.train_subset or 'all'} / "
+                     f"{c.test_subset or 'all'} | {opt} |")
+    arms = p.preset.get("arms") or {}
+    if arms:
+        lines += ["", "| arm | rule | rule_args | config changes |", "| --- | --- | --- | --- |"]
+        for label, arm in arms.items():
+            lines.append(f"| {label} | {arm['rule']} | {arm.get('rule_args') or '-'} | "
+                         f"{arm.get('config') or '-'} |")
+    if p.settings:
+        lines += ["", f"Measurement settings: {p.settings}"]
+    return lines
+
+
+def _runs_lines(ctx: Context) -> list[str]:
+    lines = ["| experiment | arm | seed | status | epochs | steps | train s | test acc % | "
+             "reused |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (exp, arm), runs in ctx.results.items():
+        for s in runs:
+            secs = s.get("seconds_per_epoch")
+            train_s = (f"{secs * s.get('epochs_completed', 0):.1f}" if num(secs) else "-")
+            acc = f"{100 * s['test_acc']:.2f}" if num(s.get("test_acc")) else "-"
+            lines.append(f"| {exp} | {arm} | {s.get('seed')} | {s.get('status')} | "
+                         f"{s.get('epochs_completed', '-')} | {s.get('steps', '-')} | {train_s} |"
+                         f" {acc} | {'yes' if s.get('reused') else 'no'} |")
+    return lines
+
+
+def write(ctx: Context, section: Section) -> dict[str, Any]:
+    """Write ``OUT/PAPER.md`` and ``OUT/PAPER.json``, refresh ``OUT/README.md``."""
+    p, preset = ctx.plan, ctx.plan.preset
+    wall = time.perf_counter() - ctx.started
+    train_s = sum(s.get("seconds_per_epoch", 0) * s.get("epochs_completed", 0)
+                  for runs in ctx.results.values() for s in runs
+                  if num(s.get("seconds_per_epoch")))
+    reused = sum(bool(s.get("reused")) for runs in ctx.results.values() for s in runs)
+    n_runs = sum(len(r) for r in ctx.results.values())
+    cmd = "biograd reproduce " + " ".join(ctx.argv or [p.paper, "--budget", p.budget])
+    lines = [
+        f"# {p.paper}: {preset.get('title', '')}", "", f"Paper: {preset.get('reference', '')}",
+        "", f"Claim (ALGORITHMS.md): {preset.get('claim', '')}", "",
+        f"Generated by `{cmd}` at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"budget **{p.budget}**, seeds {p.seeds}.", "",
+        "## Claim check", "",
+    ]
+    for c in section.claims:
+        lines.append(f"- **{c.verdict}**: {c.claim} {c.evidence}")
+    lines += ["", section.body.rstrip(), "", "## Configuration", "", *_config_lines(ctx), "",
+              "## Hardware, versions and wall time", "", *hardware(),
+              f"- wall time of this invocation: {wall:.0f} s ({n_runs} training runs, "
+              f"{reused} reused from an earlier invocation; {train_s:.0f} s of training "
+              f"in all runs)", ""]
+    bad = [(e, a, s) for (e, a), runs in ctx.results.items() for s in runs
+           if s.get("status") in ("diverged", "failed")]
+    if bad:
+        lines += ["## Diverged and failed runs", ""]
+        for e, a, s in bad:
+            why = s.get("error") or (s.get("diverged") or {}).get("reason")
+            at = (s.get("diverged") or {}).get("step")
+            lines.append(f"- {e} / {a} seed {s.get('seed')}: {s.get('status')}"
+                         + (f" at step {at}" if at else "") + f": {why}")
+        lines.append("")
+    if ctx.results:
+        lines += ["## Runs", "", "Run directories: `" + str(
+            Path(next(iter(ctx.results.values()))[0].get("run_dir", "")).parent.parent)
+            + "/EXPERIMENT/ARM-sSEED`.", "", *_runs_lines(ctx), ""]
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    (ctx.out / f"{p.paper}.md").write_text("\n".join(lines))
+    verdicts = [c.verdict for c in section.claims]
+    summary = {"paper": p.paper, "title": preset.get("title", ""), "budget": p.budget,
+               "seeds": len(p.seeds), "claim": preset.get("claim", ""),
+               "verdicts": verdicts, "key_numbers": section.key_numbers,
+               "wall_seconds": round(wall, 1), **section.extra}
+    (ctx.out / f"{p.paper}.json").write_text(json.dumps(_plain(summary), indent=2) + "\n")
+    write_readme(ctx.out)
+    return summary
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with NaN/inf floats replaced by None (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_readme(out: Path) -> Path:
+    """The one-screen cross-paper table from every ``OUT/*.json`` report summary."""
+    rows = []
+    for path in sorted(out.glob("p*.json")):
+        s = json.loads(path.read_text())
+        if "paper" not in s:
+            continue
+        verdict = " · ".join(s.get("verdicts", [])) or "-"
+        rows.append(f"| [{s['paper']}]({s['paper']}.md) | {s['title']} | {s['budget']} "
+                    f"({s['seeds']} seed{'s' * (s['seeds'] > 1)}, {s['wall_seconds']:.0f} s) | "
+                    f"{verdict} | {s['key_numbers']} |")
+    text = "\n".join([
+        "# Reproductions of the five defining papers", "",
+        "Each report is regenerated by `biograd reproduce PAPER --budget quick|full` "
+        "(docs/usage.md). Quick budgets are minutes on a 2-core CPU (small subsets, few "
+        "epochs, one seed): they check the mechanics and the direction of each claim, not the "
+        "papers' final numbers. Verdicts per claim are in each report.", "",
+        "```bash",
+        "biograd reproduce p1-lra --budget quick          # or full: the paper's protocol",
+        "biograd reproduce p3-weight-transport --seeds 3  # more seeds",
+        "biograd reproduce p4-activation-relaxation --out /tmp/r --epochs=5  # any config key",
+        "```", "",
+        "Presets: `configs/reproduce/PAPER.yaml`. Run directories go to `runs/reproduce/PAPER/"
+        "BUDGET/` (`--runs DIR`); finished runs are reused and interrupted ones resumed when "
+        "the command is run again (`--overwrite` retrains).", "",
+        "| paper | what | budget | verdict per claim (in the report's order) | key numbers |",
+        "| --- | --- | --- | --- | --- |", *rows, ""])
+    path = out / "README.md"
+    path.write_text(text)
+    return path

@@ -1,0 +1,169 @@
+"""``biograd reproduce``: every paper's preset runs end to end at a tiny budget (synthetic data
+through overrides), finished runs are reused, bad inputs fail clearly, and the measurements
+follow from the mathematics (P4's relaxation error contracts by exactly 1 - step_size per step
+at the top hidden layer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from biograd.core.errors import ConfigError, UnknownNameError
+from biograd.runner.cli import main
+from biograd.runner.config import Config
+from biograd.runner.reproduce import PAPERS, load_preset, plan, reproduce
+from biograd.runner.reproduce_p4 import relaxation_errors
+from biograd.runner.reproduce_p5 import architectures
+from biograd.runner.reproduce_report import mean_std
+
+#: a few batches of synthetic MNIST-shaped data for every run of a preset
+TINY = ["dataset=synthetic", "dataset_args.n=48", "dataset_args.input_shape=[1,28,28]",
+        "dataset_args.num_classes=10", "train_subset=32", "test_subset=16", "epochs=1",
+        "batch_size=16", "alignment_batch=8", "eval_batch_size=16", "threads=1"]
+TINY_SETTINGS = {
+    "p4-activation-relaxation": ["settings.relax_batch=4", "settings.relax_steps=3"],
+    "p5-zil": ["settings.repeats=1", "settings.exactness_batch=2", "settings.cost_batch=2",
+               "settings.architectures=[MLP, ResNet]"],
+}
+
+
+def _tiny(paper: str, tmp_path: Path, **kw):
+    return reproduce(paper, "quick", out=tmp_path / "out", runs_dir=tmp_path / "runs",
+                     overrides=[*TINY, *TINY_SETTINGS.get(paper, [])], **kw)
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_preset_runs_at_a_tiny_budget(paper: str, tmp_path: Path) -> None:
+    summary = _tiny(paper, tmp_path)
+    report = (tmp_path / "out" / f"{paper}.md").read_text()
+    assert "## Claim check" in report and "## Hardware, versions and wall time" in report
+    assert summary["verdicts"] and all(
+        v in ("held", "partly held", "did not hold", "not tested") for v in summary["verdicts"])
+    for link in [line.split("](")[1].rstrip(")\n") for line in report.splitlines()
+                 if line.startswith("![")]:
+        assert (tmp_path / "out" / link).is_file(), link
+    assert json.loads((tmp_path / "out" / f"{paper}.json").read_text())["paper"] == paper
+    assert f"[{paper}]({paper}.md)" in (tmp_path / "out" / "README.md").read_text()
+    if paper != "p5-zil":
+        assert "failed" not in {s["status"] for s in _summaries(tmp_path)}
+
+
+def _summaries(tmp_path: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("summary.json")]
+
+
+def test_full_budget_plans_the_papers_protocol() -> None:
+    p = plan(load_preset("p1-lra"), "full")
+    assert len(p.seeds) == 3 and len(p.runs) == 6 * 7 * 3
+    cfg = p.experiments["mnist-d8"]
+    assert cfg.epochs == 100 and cfg.batch_size == 50 and cfg.train_subset is None
+    assert cfg.model_args == {"activation": "tanh", "hidden": [256] * 8}
+    p3 = plan(load_preset("p3-weight-transport"), "full", seeds=1)
+    assert "cifar10-resnet18" in p3.experiments  # full only
+    assert "cifar10-resnet18" not in plan(load_preset("p3-weight-transport"), "quick").experiments
+
+
+def test_finished_runs_are_reused_not_redone(tmp_path: Path) -> None:
+    _tiny("p3-weight-transport", tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")}
+    assert len(before) == 2 * 5
+    _tiny("p3-weight-transport", tmp_path)
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")}
+    assert after == before
+    report = (tmp_path / "out" / "p3-weight-transport.md").read_text()
+    rows = [r for r in report.splitlines() if "| completed |" in r]
+    assert len(rows) == 10 and all(r.endswith("| yes |") for r in rows)
+    # an interrupted run (checkpoint, no summary) is resumed, not retrained from scratch
+    gone = next(iter(before))
+    gone.unlink()
+    _tiny("p3-weight-transport", tmp_path)
+    assert gone.is_file() and json.loads(gone.read_text())["steps"] == 2
+    assert {p: p.stat().st_mtime_ns for p in before if p != gone} == {
+        p: t for p, t in before.items() if p != gone}
+
+
+def test_changed_config_is_an_error_unless_overwrite(tmp_path: Path) -> None:
+    _tiny("p3-weight-transport", tmp_path)
+    with pytest.raises(ConfigError, match="different config"):
+        reproduce("p3-weight-transport", "quick", out=tmp_path / "out",
+                  runs_dir=tmp_path / "runs", overrides=[*TINY, "lr=0.5"])
+
+
+def test_relaxation_error_contracts_geometrically_at_the_top_layer() -> None:
+    """Top hidden layer: dx/dt = -x + J^T x_L with x_L held, so the Euler error is multiplied
+    by exactly (1 - step_size) per step; lower layers converge too (the fixed point is the
+    backprop gradient, P4 Eq. 5)."""
+    cfg = Config(dataset="synthetic", dataset_args={"n": 32, "input_shape": [1, 6, 6],
+                                                    "num_classes": 3},
+                 model="mlp", model_args={"hidden": [7, 6, 5], "activation": "tanh"},
+                 loss="mse")
+    torch.set_default_dtype(torch.float64)
+    try:
+        errs = relaxation_errors(cfg, {"step_size": 0.2}, batch=8, steps=120)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    top = errs[-1]
+    for t in (1, 5, 20):
+        assert top[t] == pytest.approx(top[0] * 0.8**t, rel=1e-6)
+    assert max(e[-1] for e in errs) < 1e-6 < min(e[0] for e in errs)
+
+
+def test_mean_std_is_the_sample_std() -> None:
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert mean_std([4.0]) == (4.0, 0.0)
+
+
+def test_p5_architectures_cover_the_papers_list() -> None:
+    preset = load_preset("p5-zil")
+    assert set(preset["settings"]["architectures"]) <= set(architectures(2))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["reproduce", "p9-nope"], "unknown paper 'p9-nope'"),
+    (["reproduce", "p1-lra", "--budget", "huge"], "unknown budget 'huge'"),
+    (["reproduce", "p1-lra", "--seeds", "0"], "--seeds must be >= 1"),
+    (["reproduce", "p1-lra", "--batchsize=3"], "unknown config key 'batchsize'"),
+    (["reproduce", "p1-lra", "--preset", "missing.yaml"], "not found"),
+    (["reproduce", "p5-zil", "--settings.repeat=1"], "unknown setting 'repeat'"),
+])
+def test_bad_inputs_exit_2(argv: list[str], message: str, tmp_path: Path, monkeypatch,
+                           capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "docs").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("paper: p1-lra\nbasis: {}\n", "unknown key 'basis'"),
+    ("paper: p2-ldrl\n", "is for 'p2-ldrl'"),
+    ("paper: p1-lra\narms: {a: {rule_args: {}}}\n", "needs a 'rule'"),
+    ("paper: p1-lra\narms: {a: {rule: backprop}}\nexperiments: {e: {arms: [b]}}\n",
+     "unknown arm 'b'"),
+    ("paper: p1-lra\nbudgets: {quick: {epochs: 3}}\n", "unknown key 'epochs'"),
+])
+def test_bad_presets_are_config_errors(text: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "preset.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_preset("p1-lra", path)
+
+
+def test_unknown_paper_is_unknown_name_error() -> None:
+    with pytest.raises(UnknownNameError):
+        load_preset("p6")
+
+
+def test_cli_reproduce_writes_the_report(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["reproduce", "p5-zil", "--out", "res", "--settings.repeats=1",
+            "--settings.exactness_batch=2", "--settings.cost_batch=2",
+            "--settings.architectures=[MLP]"]
+    assert main(argv) == 0
+    assert "wrote res/p5-zil.md" in capsys.readouterr().out
+    report = (tmp_path / "res" / "p5-zil.md").read_text()
+    assert "biograd reproduce p5-zil --out res --settings.repeats=1" in report
+    assert "| MLP |" in report
