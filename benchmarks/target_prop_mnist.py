@@ -106,6 +106,7 @@ def train(name: str, kind: str, hp: dict, args: argparse.Namespace, train_set, t
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=("mlp", "lenet"), default="mlp")
+    ap.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist")
     ap.add_argument("--rules", nargs="+", default=None)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch", type=int, default=64)
@@ -129,8 +130,8 @@ def main() -> None:
         r, k = key.split(".", 1)
         hps[r][k] = ast.literal_eval(value)
     flat = args.model == "mlp"
-    train_set = biograd.data.load("mnist", "train", flatten=flat)
-    test_set = biograd.data.load("mnist", "test", flatten=flat)
+    train_set = biograd.data.load(args.dataset, "train", flatten=flat)
+    test_set = biograd.data.load(args.dataset, "test", flatten=flat)
     if args.subset:
         train_set = torch.utils.data.TensorDataset(*(t[:args.subset] for t in train_set.tensors))
     xb, yb = train_set.tensors[0][:args.batch], train_set.tensors[1][:args.batch]

@@ -107,6 +107,12 @@ class LearningRule(nn.Module, abc.ABC):
         forward weights' transpose (same shapes); empty for rules without such weights."""
         return {}
 
+    def jacobian_alignment(self, x: Tensor, probes: int | None = None) -> dict[str, float]:
+        """``{layer: degrees}`` between each feedback block's Jacobian and the forward block's
+        Jacobian transposed (target-propagation rules, P2); empty for rules without inverse
+        feedback blocks."""
+        return {}
+
     # ----------------------------------------------------------------- state
     def get_extra_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

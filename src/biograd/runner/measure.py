@@ -39,7 +39,8 @@ def accuracy(rule: LearningRule, x: Tensor, y: Tensor, batch_size: int) -> float
 def angles(rule: LearningRule, x: Tensor, y: Tensor) -> dict[str, float]:
     """Update-vs-backprop angles (mean over weight tensors, i.e. parameters with >= 2 dims,
     plus one column per parameter) and, for rules with feedback weights, feedback-vs-forward
-    angles (mean and per layer). Degrees."""
+    angles (mean and per layer) and, for target-propagation rules, feedback-vs-forward
+    Jacobian angles (mean and per layer). Degrees."""
     with torch.random.fork_rng(devices=[]):
         upd = update_alignment(rule, x, y)
     weights = [n for n, p in rule.model.named_parameters() if p.requires_grad and p.dim() >= 2]
@@ -49,6 +50,11 @@ def angles(rule: LearningRule, x: Tensor, y: Tensor) -> dict[str, float]:
     if fb:
         out["angle_feedback"] = _mean(list(fb.values()))
         out.update({f"angle_feedback/{n}": v for n, v in fb.items()})
+    with torch.random.fork_rng(devices=[]):
+        jac = rule.jacobian_alignment(x)
+    if jac:
+        out["angle_jacobian"] = _mean(list(jac.values()))
+        out.update({f"angle_jacobian/{n}": v for n, v in jac.items()})
     return out
 
 

@@ -278,7 +278,7 @@ def _summary(cfg: Config, out: Path, history: list[dict[str, Any]], status: str,
         "num_parameters": sum(p.numel() for p in rule.forward_parameters()),
     }
     for key in ("train_loss", "train_acc", "test_acc", "val_acc", "angle_update",
-                "angle_feedback"):
+                "angle_feedback", "angle_jacobian"):
         summary[key] = last.get(key)
     if status == "diverged":
         summary["diverged"] = {"step": step + 1, "epoch": len(history) + 1, "reason": reason}
