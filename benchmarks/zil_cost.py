@@ -10,37 +10,10 @@ far less than wall-clock time.
 from __future__ import annotations
 
 import argparse
-import copy
-import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-import biograd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exactness import models  # noqa: E402
-
-RULES = {"backprop": {}, "zil": {}, "predictive_coding": {"T": 20}}
-
-
-def seconds_per_update(maker, repeats: int) -> dict[str, float]:
-    model, x, y = maker()
-    rules = {n: biograd.create_rule(n, copy.deepcopy(model), **hp) for n, hp in RULES.items()}
-    times: dict[str, list[float]] = {n: [] for n in rules}
-    for r in rules.values():  # warm-up (graph capture happens here)
-        for _ in range(2):
-            r.zero_grad(set_to_none=True)
-            r.step(x, y)
-    for _ in range(repeats):
-        for n, r in rules.items():
-            r.zero_grad(set_to_none=True)
-            t0 = time.process_time()
-            r.step(x, y)
-            times[n].append(time.process_time() - t0)
-    return {n: statistics.median(t) for n, t in times.items()}
+from biograd.runner.reproduce_p5 import architectures, seconds_per_update
 
 
 def main() -> None:
@@ -53,7 +26,7 @@ def main() -> None:
           f"torch {torch.__version__}, 1 thread")
     print("| model | BP (ms) | zil (ms) | zil / BP | PC T=20 (ms) | PC / BP |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, maker in models(args.batch).items():
+    for name, maker in architectures(args.batch).items():
         t = seconds_per_update(maker, args.repeats)
         bp, zil, pc = t["backprop"], t["zil"], t["predictive_coding"]
         print(f"| {name} | {bp * 1e3:.2f} | {zil * 1e3:.2f} | {zil / bp:.2f} | "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import shutil
 import sys
 import time
@@ -197,6 +198,7 @@ def run_plan(p: Plan, *, overwrite: bool = False) -> dict[tuple[str, str], list[
     if todo:  # one-time costs out of the first timed run (as compare does)
         _dry_build(todo[0].config, warm_up_steps=10)
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    walls = _WallLog(p)
     for i, spec in enumerate(p.runs):
         print(f"[reproduce {p.paper}] {i + 1}/{len(p.runs)} {spec.experiment} {spec.arm} "
               f"seed {spec.seed}", file=sys.stderr, flush=True)
@@ -209,11 +211,34 @@ def run_plan(p: Plan, *, overwrite: bool = False) -> dict[tuple[str, str], list[
             traceback.print_exc()
             summary = {"status": "failed", "rule": spec.config.rule, "seed": spec.seed,
                        "error": f"{type(exc).__name__}: {exc}"}
+        key = f"{spec.experiment}/{spec.arm}-s{spec.seed}"
+        if not summary.get("reused"):
+            walls.record(key, time.perf_counter() - t0)
         summary = {**summary, "arm": spec.arm, "experiment": spec.experiment,
-                   "run_dir": str(run_dir_of(spec.config)),
-                   "wall_seconds": time.perf_counter() - t0}
+                   "run_dir": str(run_dir_of(spec.config)), "wall_seconds": walls.get(key)}
         results.setdefault((spec.experiment, spec.arm), []).append(summary)
     return results
+
+
+class _WallLog:
+    """Wall seconds each run took when it was trained (``wall_seconds.json`` beside the runs),
+    so a report regenerated from reused runs still states how long they took."""
+
+    def __init__(self, p: Plan) -> None:
+        root = {Path(s.config.out_dir).parent for s in p.runs}
+        self.path = next(iter(root)) / "wall_seconds.json" if root else None
+        self.data: dict[str, float] = {}
+        if self.path is not None and self.path.is_file():
+            self.data = json.loads(self.path.read_text())
+
+    def record(self, key: str, seconds: float) -> None:
+        if self.path is not None:
+            self.data[key] = round(seconds, 2)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.data, indent=1))
+
+    def get(self, key: str) -> float | None:
+        return self.data.get(key)
 
 
 def reproduce(paper: str, budget: str = "quick", *, seeds: int | None = None,

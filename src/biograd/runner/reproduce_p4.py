@@ -144,7 +144,7 @@ def _claims(ctx: Context, exps: list[str], arms: list[str], acc: dict, curves: d
             "AR's accuracy matches backprop's.",
             "held" if all(g <= 1.0 for g in gaps.values()) else "did not hold",
             "BP - AR (points): " + ", ".join(f"{e} {g:+.2f}" for e, g in gaps.items())
-            + " (matching = within 1 point)."))
+            + " (matching = at most 1 point below backprop)."))
     variants = [a for a in arms if a in arm_cfg and arm_cfg[a]["rule"] == AR and a != std
                 and (arm_cfg[a].get("rule_args") or {}).get("backward") != "random"]
     if variants:
@@ -156,6 +156,7 @@ def _claims(ctx: Context, exps: list[str], arms: list[str], acc: dict, curves: d
             "held" if kept == len(gaps) else ("partly held" if kept else "did not hold"),
             "BP - variant (points): " + ", ".join(f"{a} on {e} {g:+.2f}"
                                                   for (e, a), g in gaps.items())
-            + f" (kept = within {KEEP_POINTS:g} points). Short quick-budget training leaves "
-            "learned backward weights little time to align, so they trail more than in P4."))
+            + f" (kept = at most {KEEP_POINTS:g} points below backprop). Short quick-budget "
+            "training leaves learned backward weights little time to align, so they trail "
+            "more than in P4."))
     return out
