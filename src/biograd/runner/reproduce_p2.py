@@ -9,10 +9,10 @@ from biograd.runner.reproduce_report import (
     Context,
     Section,
     acc_cell,
-    accuracies,
     completed,
     cost_ratio,
     fmt,
+    mean_accuracy,
     mean_std,
     num,
     plot_layer_angles,
@@ -25,10 +25,6 @@ def final_angle(ctx: Context, exp: str, arm: str) -> float:
     """Mean over seeds of the last measured mean update-vs-backprop angle (degrees)."""
     vals = [s["angle_update"] for s in completed(ctx.runs(exp, arm)) if num(s.get("angle_update"))]
     return mean_std(vals)[0]
-
-
-def acc(ctx: Context, exp: str, arm: str) -> float:
-    return mean_std(accuracies(ctx.runs(exp, arm)))[0]
 
 
 def report(ctx: Context) -> Section:
@@ -53,8 +49,11 @@ def report(ctx: Context) -> Section:
                                        "update vs backprop angle (deg)"))
     tp = [a for a in TP if a in arms]
     claims = _claims(ctx, exps, tp)
+    def gap(e: str) -> float:
+        return mean_accuracy(ctx, e, "ldrl") - mean_accuracy(ctx, e, "backprop")
+
     key = "; ".join(
-        f"{e}: L-DRL {fmt(acc(ctx, e, 'ldrl') - acc(ctx, e, 'backprop'), '+.1f')} pts vs BP, "
+        f"{e}: L-DRL {fmt(gap(e), '+.1f')} pts vs BP, "
         f"{fmt(final_angle(ctx, e, 'ldrl'), '.0f', '°')} (DTP "
         f"{fmt(final_angle(ctx, e, 'dtp'), '.0f', '°')}), "
         f"{fmt(cost_ratio(ctx, e, 'ldrl'), '.1f', '×')} BP" for e in exps[:2])
@@ -68,10 +67,10 @@ def _claims(ctx: Context, exps: list[str], tp: list[str]) -> list[Claim]:
     angles = ", ".join(
         f"{e}: " + ", ".join(f"{a} {fmt(final_angle(ctx, e, a), '.1f', '°')}" for a in tp)
         for e in exps)
-    gaps = {e: acc(ctx, e, "backprop") - acc(ctx, e, "ldrl") for e in exps}
+    gaps = {e: mean_accuracy(ctx, e, "backprop") - mean_accuracy(ctx, e, "ldrl") for e in exps}
     near = [e for e, g in gaps.items() if g <= 1.0]
-    ahead = [e for e in exps if acc(ctx, e, "ldrl") == acc(ctx, e, "ldrl")
-             and not acc(ctx, e, "ldrl") < acc(ctx, e, "drl")]
+    ahead = [e for e in exps if mean_accuracy(ctx, e, "ldrl") == mean_accuracy(ctx, e, "ldrl")
+             and not mean_accuracy(ctx, e, "ldrl") < mean_accuracy(ctx, e, "drl")]
     ratios = {e: cost_ratio(ctx, e, "ldrl") for e in exps}
 
     def verdict(n: int) -> str:

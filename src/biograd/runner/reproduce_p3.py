@@ -9,9 +9,9 @@ from biograd.runner.reproduce_report import (
     Context,
     Section,
     acc_cell,
-    accuracies,
     angle_columns,
     completed,
+    mean_accuracy,
     mean_std,
     num,
     plot_layer_angles,
@@ -32,10 +32,6 @@ def first_angle(ctx: Context, exp: str, arm: str) -> float:
     cols = angle_columns(ctx.runs(exp, arm), "angle_feedback/")
     firsts = [ys[0] for _, ys in cols.values() if ys]
     return sum(firsts) / len(firsts) if firsts else float("nan")
-
-
-def acc(ctx: Context, exp: str, arm: str) -> float:
-    return mean_std(accuracies(ctx.runs(exp, arm)))[0]
 
 
 def report(ctx: Context) -> Section:
@@ -63,7 +59,7 @@ def report(ctx: Context) -> Section:
         f"{e}: KP {feedback_angle(ctx, e, 'kolen_pollack'):.0f}°, WM "
         f"{feedback_angle(ctx, e, 'weight_mirror'):.0f}°, FA "
         f"{feedback_angle(ctx, e, 'feedback_alignment'):.0f}°; acc BP/KP/WM/FA/SS "
-        + "/".join(f"{acc(ctx, e, a):.1f}" for a in ("backprop", "kolen_pollack",
+        + "/".join(f"{mean_accuracy(ctx, e, a):.1f}" for a in ("backprop", "kolen_pollack",
                                                        "weight_mirror", "feedback_alignment",
                                                        "sign_symmetry"))
         for e in exps[:2])
@@ -76,14 +72,14 @@ def _claims(ctx: Context, exps: list[str]) -> list[Claim]:
     aligned = [e for e in exps if kp[e] < KP_ALIGNED and wm[e] < WM_ALIGNED]
     def top(e: str, arms: tuple[str, ...], worst: bool = False) -> float:
         """Best (or worst) accuracy of ``arms``; a diverged arm counts as the lowest."""
-        vals = [acc(ctx, e, a) for a in arms]
+        vals = [mean_accuracy(ctx, e, a) for a in arms]
         vals = [v if v == v else float("-inf") for v in vals]
         return min(vals) if worst else max(vals)
 
     ours = ("kolen_pollack", "weight_mirror")
     beat = [e for e in exps
             if top(e, ours, worst=True) > top(e, ("feedback_alignment", "sign_symmetry"))]
-    near = [e for e in exps if acc(ctx, e, "backprop") - top(e, ours) <= 1.0]
+    near = [e for e in exps if mean_accuracy(ctx, e, "backprop") - top(e, ours) <= 1.0]
 
     def verdict(n: int) -> str:
         return "held" if n == len(exps) else ("partly held" if n else "did not hold")

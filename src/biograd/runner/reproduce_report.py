@@ -90,6 +90,11 @@ def accuracies(runs: list[dict[str, Any]]) -> list[float]:
     return [100 * s["test_acc"] for s in completed(runs)]
 
 
+def mean_accuracy(ctx: Context, exp: str, arm: str) -> float:
+    """Mean test accuracy (%) over the completed seeds of one (experiment, arm) cell."""
+    return mean_std(accuracies(ctx.runs(exp, arm)))[0]
+
+
 def cell(values: list[float], spec: str = ".2f") -> str:
     if not values:
         return "-"
