@@ -129,12 +129,16 @@ def test_sign_symmetry_feedback_is_sign_of_current_w_transpose(gain: float | Non
     opt = torch.optim.SGD(rule.parameters(), lr=0.5)
     rule.step(x, y)
     opt.step()  # feedback must follow the new weights' signs
+    pairs = rule.feedback_weight_pairs()
+    # the data layer's B carries no error: left out of the pairs (and the angles)
+    assert list(pairs) == [layer.path for layer in rule.layers[1:]]
     for layer in rule.layers:
         wt = layer.handler.transposed_weight(layer.module).detach()
         g = gain or (3 * layer.handler.fan_in(layer.module)) ** -0.5
-        b, target = rule.feedback_weight_pairs()[layer.path]
-        assert torch.equal(target, wt)
+        b = rule.layer_feedback(layer)
         torch.testing.assert_close(b, g * torch.sign(wt), rtol=0, atol=0)
+        if layer.path in pairs:
+            assert torch.equal(pairs[layer.path][0], b) and torch.equal(pairs[layer.path][1], wt)
 
 
 @pytest.mark.parametrize("input_grad", [False, True])
@@ -172,38 +176,70 @@ def test_sign_symmetry_random_magnitudes_are_fixed_and_carry_the_signs() -> None
         torch.testing.assert_close(pairs[layer.path][0], r * torch.sign(pairs[layer.path][1]))
 
 
-def _kp_distance(rule: biograd.LearningRule) -> torch.Tensor:
-    return torch.stack([(b - wt).norm() for b, wt in rule.feedback_weight_pairs().values()])
+def _kp_distance(rule: biograd.LearningRule, layers: list) -> torch.Tensor:
+    return torch.stack([
+        (rule.layer_feedback(layer) - layer.handler.transposed_weight(layer.module)).norm()
+        for layer in layers
+    ]).detach()
 
 
+@pytest.mark.parametrize("train_unused", [False, True])
 @pytest.mark.parametrize("where", ["optimizer", "rule"])
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_kolen_pollack_decay_shrinks_w_minus_bt_exactly(kind: str, where: str) -> None:
-    model, x, y = make_model(kind)
-    model.double()
-    lr, wd = 0.1, 0.05
-    rule = biograd.create_rule("kolen_pollack", model, weight_decay=wd if where == "rule" else 0)
-    opt = torch.optim.SGD(rule.parameters(), lr=lr, weight_decay=wd if where == "optimizer" else 0)
-    d0 = _kp_distance(rule)
-    for t in range(1, 6):
-        opt.zero_grad()
-        rule.step(x.double(), y)
-        if t == 1 and where == "optimizer":
-            for layer in rule.layers:
-                w, b = layer.module.weight, rule.feedback.get(layer.key)
-                assert torch.equal(b.grad, w.grad.t() if w.dim() == 2 else w.grad)
-        opt.step()
-        torch.testing.assert_close(_kp_distance(rule), d0 * (1 - lr * wd) ** t, rtol=1e-9, atol=0)
-    assert len(rule.feedback_parameters()) == len(rule.layers)
+def test_kolen_pollack_decay_shrinks_w_minus_bt_exactly(
+    kind: str, where: str, train_unused: bool
+) -> None:
+    """||W - B^T|| shrinks by (1 - lr wd) per step on every layer whose B is trained: all of
+    them with ``train_unused_feedback``, else all but the data layer, whose B stays as drawn
+    (no update) while the forward weights follow the very same trajectory."""
+    runs = {}
+    for tu in sorted({train_unused, not train_unused}):
+        model, x, y = make_model(kind)
+        model.double()
+        lr, wd = 0.1, 0.05
+        rule = biograd.create_rule("kolen_pollack", model, train_unused_feedback=tu,
+                                   weight_decay=wd if where == "rule" else 0)
+        opt = torch.optim.SGD(rule.parameters(), lr=lr,
+                              weight_decay=wd if where == "optimizer" else 0)
+        trained = rule.layers if tu else rule.layers[1:]
+        d0 = _kp_distance(rule, trained)
+        b_first = rule.feedback.get(rule.layers[0].key).detach().clone()
+        for t in range(1, 6):
+            opt.zero_grad()
+            rule.step(x.double(), y)
+            if t == 1 and where == "optimizer":
+                for layer in trained:
+                    w, b = layer.module.weight, rule.feedback.get(layer.key)
+                    assert torch.equal(b.grad, w.grad.t() if w.dim() == 2 else w.grad)
+            opt.step()
+            torch.testing.assert_close(
+                _kp_distance(rule, trained), d0 * (1 - lr * wd) ** t, rtol=1e-9, atol=0
+            )
+        if not tu:
+            first = rule.feedback.get(rule.layers[0].key)
+            assert first.grad is None and torch.equal(first.detach(), b_first)
+            assert list(rule.feedback_weight_pairs()) == [lay.path for lay in trained]
+        else:
+            assert list(rule.feedback_weight_pairs()) == [lay.path for lay in rule.layers]
+        assert len(rule.feedback_parameters()) == len(rule.layers)
+        runs[tu] = [p.detach().clone() for p in model.parameters()]
+    for p, q in zip(runs[False], runs[True], strict=True):
+        assert torch.equal(p, q)  # the unused B never touches the forward weights
 
 
-def test_kolen_pollack_feedback_grad_is_exactly_w_grad_transposed() -> None:
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_kolen_pollack_feedback_grad_is_exactly_w_grad_transposed(input_grad: bool) -> None:
+    """On a graph model: every B whose layer's input needs a gradient gets W.grad^T exactly;
+    only the data layer (``inp``) gets none, and only when the input needs no gradient."""
     model, x, y = make_model("graph")
     rule = biograd.create_rule("kolen_pollack", model)
-    rule.step(x, y)
+    rule.step(x.requires_grad_(input_grad), y)
     for layer in rule.layers:
         w, b = layer.module.weight, rule.feedback.get(layer.key)
-        assert torch.equal(b.grad, w.grad.t())
+        if layer.path == "inp" and not input_grad:
+            assert b.grad is None
+        else:
+            assert torch.equal(b.grad, w.grad.t()), layer.path
 
 
 @pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
@@ -275,7 +311,27 @@ def test_weight_mirror_step_mirrors_after_an_fa_update() -> None:
     fa.step(x, y)
     for p, q in zip(model.parameters(), fa_model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad)
-    assert all(not torch.equal(before[k], v) for k, v in rule.feedback.state_dict().items())
+    # mirrored: every B that carried error; the data layer's B is left as it was
+    first = rule.layers[0].key
+    assert all(not torch.equal(before[k], v) for k, v in rule.feedback.state_dict().items()
+               if k != first)
+    assert torch.equal(before[first], rule.feedback.get(first))
+
+
+def test_weight_mirror_mirrors_unused_feedback_only_when_asked() -> None:
+    """``train_unused_feedback``: the data layer's B is mirrored too, with the same noise
+    stream layout as before the first step (every layer), and the forward update is FA's."""
+    model, x, y = make_model("mlp")
+    rule = biograd.create_rule("weight_mirror", model, train_unused_feedback=True)
+    twin_model, _, _ = make_model("mlp")
+    twin = biograd.create_rule("weight_mirror", twin_model)
+    before = {k: v.clone() for k, v in rule.feedback.state_dict().items()}
+    rule.step(x, y)
+    twin.mirror(1)  # before any step: every layer, from the same generator state
+    for k, v in rule.feedback.state_dict().items():
+        assert not torch.equal(before[k], v)
+        torch.testing.assert_close(v, twin.feedback.get(k), rtol=0, atol=0)
+    assert list(rule.feedback_weight_pairs()) == [layer.path for layer in rule.layers]
 
 
 class Scale(nn.Module):
@@ -339,6 +395,8 @@ def test_model_stays_a_plain_module(name: str) -> None:
         ("weight_mirror", {"mirror_decay": -1.0}, "mirror_decay must be >= 0"),
         ("weight_mirror", {"mirror_noise": "uniform"}, "mirror_noise must be one of"),
         ("feedback_alignment", {"allow_backprop": ("nope",)}, "not a module path"),
+        ("kolen_pollack", {"train_unused_feedback": 1}, "train_unused_feedback must be true or"),
+        ("weight_mirror", {"train_unused_feedback": "yes"}, "train_unused_feedback must be"),
     ],
 )
 def test_bad_hyper_parameters_are_config_errors(name: str, hparams: dict, match: str) -> None:

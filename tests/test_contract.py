@@ -9,6 +9,7 @@ import torch
 
 import biograd
 from biograd.core.registry import MODEL_KINDS
+from biograd.rules._backward import BackwardReplacementRule
 from tests.conftest import make_model
 
 CASES = [
@@ -19,27 +20,64 @@ CASES = [
 ]
 
 
-def _run(name: str, kind: str, seed: int = 0):
+def _run(name: str, kind: str, seed: int = 0, input_grad: bool = False):
     model, x, y = make_model(kind, seed)
     torch.manual_seed(seed)
     rule = biograd.create_rule(name, model)
     before = {n: p.detach().clone() for n, p in rule.named_parameters()}
     rule.zero_grad(set_to_none=True)
-    result = rule.step(x, y)
+    result = rule.step(x.requires_grad_(input_grad), y)
     return rule, result, before
 
 
+def _unused_feedback(rule: biograd.LearningRule, x: torch.Tensor, y: torch.Tensor) -> set[int]:
+    """ids of the trainable feedback tensors of converted layers that no call fed with an input
+    needing a gradient (observed with forward pre-hooks on a fresh step): such a B carries no
+    error, and the rules leave it without update (BackwardReplacementRule, "unused feedback")."""
+    if not isinstance(rule, BackwardReplacementRule):
+        return set()
+    fed: dict[str, bool] = {}
+    hooks = [
+        layer.module.register_forward_pre_hook(
+            lambda _m, args, key=layer.key: fed.__setitem__(
+                key, fed.get(key, False) or args[0].requires_grad
+            )
+        )
+        for layer in rule.layers
+    ]
+    try:
+        rule.step(x, y)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {id(rule.feedback.get(k)) for k, n in fed.items() if not n and rule.feedback.has(k)}
+
+
+@pytest.mark.parametrize("input_grad", [False, True])
 @pytest.mark.parametrize("name,kind", CASES)
-def test_step_writes_finite_updates_to_every_parameter(name: str, kind: str) -> None:
-    rule, result, _ = _run(name, kind)
+def test_step_writes_finite_updates_to_every_parameter(
+    name: str, kind: str, input_grad: bool
+) -> None:
+    """Every trainable parameter gets a finite update, except the trainable feedback of a layer
+    whose input needs no gradient (the data layer); with an input that needs one, every one."""
+    rule, result, _ = _run(name, kind, input_grad=input_grad)
     assert isinstance(result, biograd.StepResult)
     assert torch.isfinite(torch.tensor(result.loss))
     params = list(rule.parameters())
     assert params, "a rule must expose trainable parameters"
+    grads = {id(p): p.grad for p in params}
+    _, x, y = make_model(kind, 0)
+    idle = set() if input_grad else _unused_feedback(rule, x, y)
     for p in params:
-        assert p.grad is not None, f"{name}: a trainable parameter of shape {p.shape} got no update"
-        assert torch.isfinite(p.grad).all()
+        if id(p) in idle:
+            assert grads[id(p)] is None, f"{name}: unused feedback of shape {p.shape} was updated"
+            continue
+        g = grads[id(p)]
+        assert g is not None, f"{name}: a trainable parameter of shape {p.shape} got no update"
+        assert torch.isfinite(g).all()
     assert any(float(p.grad.abs().max()) > 0 for p in rule.forward_parameters())
+    if name == "kolen_pollack" and not input_grad:
+        assert idle, "the first layer's B must be idle when the input needs no gradient"
 
 
 @pytest.mark.parametrize("name,kind", CASES)

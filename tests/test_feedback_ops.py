@@ -92,15 +92,23 @@ def test_conv_input_grad_is_transposed_conv_with_feedback_kernel(cfg: dict) -> N
 
 
 def test_trainable_feedback_gets_the_transposed_weight_grad_exactly() -> None:
+    """... when the input needs a gradient (B carries error); otherwise B gets none."""
     torch.manual_seed(2)
     layer = nn.Linear(5, 3)
     b = nn.Parameter(torch.randn(5, 3))
-    handler_for(layer).forward(layer, torch.randn(4, 5), b).pow(2).sum().backward()
+    x = torch.randn(4, 5)
+    handler_for(layer).forward(layer, x.requires_grad_(), b).pow(2).sum().backward()
     assert torch.equal(b.grad, layer.weight.grad.t())
     conv = nn.Conv2d(2, 3, 3)
     k = nn.Parameter(torch.randn_like(conv.weight))
-    handler_for(conv).forward(conv, torch.randn(2, 2, 6, 6), k).pow(2).sum().backward()
+    xc = torch.randn(2, 2, 6, 6, requires_grad=True)
+    handler_for(conv).forward(conv, xc, k).pow(2).sum().backward()
     assert torch.equal(k.grad, conv.weight.grad)
+    for mod, fb, inp in ((layer, b, x), (conv, k, xc)):
+        mod.zero_grad(set_to_none=True)
+        fb.grad = None
+        handler_for(mod).forward(mod, inp.detach(), fb).pow(2).sum().backward()
+        assert fb.grad is None and mod.weight.grad is not None
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,13 @@ def positive_int(rule: str, name: str, value: Any, *, allow_zero: bool = False) 
     return value
 
 
+def flag(rule: str, name: str, value: Any) -> bool:
+    """``value`` must be True or False (not a truthy number or string)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"rule {rule!r}: {name} must be true or false, got {value!r}")
+    return value
+
+
 def choice(rule: str, name: str, value: Any, choices: Sequence[str]) -> str:
     """``value`` must be one of ``choices``."""
     if value not in choices:

@@ -66,7 +66,8 @@ class DirectSignal:
 class FeedbackFunction(torch.autograd.Function):
     """Forward: the layer's ordinary op. Backward: BP's weight/bias gradients, the input gradient
     through ``scale * feedback`` (or ``direct``'s ``B e_L``), and, when ``feedback`` requires
-    grad (Kolen-Pollack), a feedback gradient equal to the weight gradient transposed.
+    grad (Kolen-Pollack) and the input needs one (else B carries no error), a feedback gradient
+    equal to the weight gradient transposed.
     (``scale`` lets sign symmetry pass sign(W) and its gain without a scaled copy of W.)"""
 
     @staticmethod
@@ -97,7 +98,7 @@ class FeedbackFunction(torch.autograd.Function):
         else:
             _, gw, gb = ctx.op.backward(grad_out, x, weight, False, need_b)
             gx = direct.input_grad(feedback, x.shape) if need_x else None
-        gfb = ctx.op.feedback_grad(gw) if need_fb else None
+        gfb = ctx.op.feedback_grad(gw) if (need_fb and need_x) else None  # B unused otherwise
         return gx, (gw if need_w else None), gb, gfb, None, None, None
 
 

@@ -75,9 +75,11 @@ class LinearFeedbackFunction(torch.autograd.Function):
                 gx = grad_out.mm(feedback.t())
                 if ctx.scale != 1.0:
                     gx.mul_(ctx.scale)
-        gw = grad_out.t().mm(x) if (need_w or need_fb) else None
+        gw = grad_out.t().mm(x) if (need_w or (need_fb and need_x)) else None
         gb = grad_out.sum(0) if need_b else None
-        gfb = gw.t().clone() if need_fb else None  # type: ignore[union-attr]
+        # B carries no error when x needs no gradient: then it gets no update (see
+        # BackwardReplacementRule's "unused feedback")
+        gfb = gw.t().clone() if (need_fb and need_x) else None  # type: ignore[union-attr]
         return gx, (gw if need_w else None), gb, gfb, None, None
 
 

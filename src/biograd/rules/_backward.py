@@ -3,6 +3,14 @@ Kolen-Pollack): layer conversion, feedback storage and the common ``step``.
 
 A subclass says which feedback tensor each converted layer uses (:meth:`layer_feedback`) and
 may act after the backward pass (:meth:`after_backward`: KP's weight decay, WM's mirror mode).
+
+Unused feedback. A layer's ``B`` carries error only when the layer's input needs a gradient;
+the first layer of a network fed with data never does, so its ``B`` takes no part in
+learning. Each ``step`` records which layers' feedback was used (:attr:`feedback_in_use`).
+The rules that train ``B`` (Kolen-Pollack, weight mirror) do not train unused feedback
+unless ``train_unused_feedback=True`` (the forward weights' trajectory is the same either
+way; for an MLP on data the first layer's ``B`` is most of all feedback entries), and
+:meth:`feedback_weight_pairs` (hence the feedback-vs-forward angles) lists the used layers.
 """
 
 from __future__ import annotations
@@ -65,6 +73,11 @@ class BackwardReplacementRule(LearningRule):
         allow = check_allow_backprop(self.name, model, allow_backprop)
         self.layers: list[FeedbackLayer] = feedback_layers(model, self.name, allow)
         self.feedback = FeedbackBank()
+        #: Whether feedback that carries no error is still trained (rules with trainable
+        #: feedback expose it as a hyper-parameter; fixed feedback has nothing to train).
+        self.train_unused_feedback = False
+        self._in_use: set[str] = set()
+        self._usage_known = False
 
     # ----------------------------------------------------------------- subclass hooks
     @abc.abstractmethod
@@ -86,15 +99,36 @@ class BackwardReplacementRule(LearningRule):
         """Called after ``.grad`` has been written."""
 
     # ----------------------------------------------------------------- the contract
+    def feedback_in_use(self, layer: FeedbackLayer) -> bool:
+        """Whether ``layer``'s feedback carried error at the last step: some call of the layer
+        got an input that needs a gradient (True for every layer before the first step)."""
+        return not self._usage_known or layer.key in self._in_use
+
     def _forward_fn(
         self, layer: FeedbackLayer, direct: DirectSignal | None
     ) -> Callable[[Tensor], Tensor]:
         fb, scale = self.scaled_feedback(layer)
-        return layer.handler.bind(layer.module, fb, direct, scale)
+        bound = layer.handler.bind(layer.module, fb, direct, scale)
+        in_use, key = self._in_use, layer.key
+        # trainable B of a call whose input needs no gradient: the feedback functions write
+        # no B gradient then (it would take no part in learning), unless asked to train it,
+        # in which case the input is made a leaf that needs one (its gradient is discarded)
+        force = self.train_unused_feedback and fb.requires_grad
+
+        def fwd(x: Tensor) -> Tensor:
+            if x.requires_grad:
+                in_use.add(key)
+            elif force:
+                x = x.detach().requires_grad_()
+            return bound(x)
+
+        return fwd
 
     def step(self, x: Tensor, y: Tensor) -> StepResult:
         self.check_batch(x, y)
         self.prepare(x)
+        self._in_use.clear()
+        self._usage_known = True
         direct = self.direct_signal()
         forwards = [self._forward_fn(layer, direct) for layer in self.layers]
         with swapped_forwards(self.layers, forwards):
@@ -108,13 +142,17 @@ class BackwardReplacementRule(LearningRule):
         return StepResult(float(loss.detach()), out.detach())
 
     def feedback_weight_pairs(self) -> dict[str, tuple[Tensor, Tensor]]:
-        """``{layer path: (B, W^T)}`` (``W`` itself for conv kernels, the shape ``B`` has)."""
+        """``{layer path: (B, W^T)}`` (``W`` itself for conv kernels, the shape ``B`` has) of
+        the layers whose feedback is in use (:meth:`feedback_in_use`), or of every layer with
+        ``train_unused_feedback``: an unused ``B`` is never trained, so its angle says
+        nothing about the rule."""
         return {
             layer.path: (
                 self.layer_feedback(layer).detach(),
                 layer.handler.transposed_weight(layer.module).detach(),
             )
             for layer in self.layers
+            if self.train_unused_feedback or self.feedback_in_use(layer)
         }
 
     def init_random_feedback(self, as_parameter: bool = False) -> None:

@@ -92,9 +92,8 @@ class DirectFeedbackAlignment(BackwardReplacementRule):
             self.feedback.register_buffer(layer.key, b.to(out))
 
     def _forward_fn(self, layer, direct):  # type: ignore[no-untyped-def]
-        fb = self.feedback.get(layer.key)
-        fwd = layer.handler.bind(layer.module, fb, direct, 1.0)
-        n_in = fb.shape[0]
+        fwd = super()._forward_fn(layer, direct)
+        n_in = self.feedback.get(layer.key).shape[0]
 
         def checked(x: Tensor) -> Tensor:
             if x.numel() != n_in * x.shape[0]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from biograd.core.checks import positive
+from biograd.core.checks import flag, positive
 from biograd.core.losses import LossFn
 from biograd.core.registry import register_rule
 from biograd.ops.convert import FeedbackLayer
@@ -28,6 +28,13 @@ class KolenPollack(BackwardReplacementRule):
     (``weight_decay`` applied to both groups, the usual way) OR from this rule's
     ``weight_decay`` hparam, which adds lambda W to W.grad and lambda B to B.grad of every
     converted layer (then leave the optimizer's decay at 0). B starts as FA's random init.
+
+    A ``B`` that carries no error (its layer's input needs no gradient: the first layer of a
+    network fed with data) takes no part in learning, so by default it gets no update (its
+    ``.grad`` stays None, the optimizer skips it) and the feedback angles leave it out; the
+    forward weights train exactly as if it were trained. ``train_unused_feedback=True``
+    trains it too (to study that layer's alignment) at the cost of its update and optimizer
+    step: on an MLP 784-256-256-256-10 that B holds 60% of all feedback entries.
     """
 
     def __init__(
@@ -36,10 +43,12 @@ class KolenPollack(BackwardReplacementRule):
         loss: str | LossFn = "cross_entropy",
         *,
         weight_decay: float = 0.0,
+        train_unused_feedback: bool = False,
         allow_backprop: tuple[type[nn.Module] | str, ...] = (),
     ) -> None:
         super().__init__(model, loss, allow_backprop)
         self.weight_decay = positive(self.name, "weight_decay", weight_decay, allow_zero=True)
+        self.train_unused_feedback = flag(self.name, "train_unused_feedback", train_unused_feedback)
         self.init_random_feedback(as_parameter=True)
 
     def layer_feedback(self, layer: FeedbackLayer) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from biograd.core.checks import choice, positive, positive_int
+from biograd.core.checks import choice, flag, positive, positive_int
 from biograd.core.losses import LossFn
 from biograd.core.registry import register_rule
 from biograd.metrics.alignment import feedback_alignment_angles
@@ -70,6 +70,11 @@ class WeightMirror(BackwardReplacementRule):
     where the layer's handler supports it (Linear, Conv2d). B is a buffer
     (the user's optimizer never sees it), initialised like FA's. ``mirror_warmup`` runs mirror
     mode alone before training (P3's code does such a warm-up pass).
+
+    Mirror mode skips a layer whose ``B`` carried no error at the engaged step (its input
+    needs no gradient: the first layer of a network fed with data), as that ``B`` takes no part
+    in learning; the feedback angles leave it out. ``train_unused_feedback=True`` mirrors every
+    layer. Before the first step (``mirror_warmup``) every layer is mirrored.
     """
 
     def __init__(
@@ -83,9 +88,11 @@ class WeightMirror(BackwardReplacementRule):
         mirror_steps: int = 1,
         mirror_batch_size: int = 16,
         mirror_noise: str = "rademacher",
+        train_unused_feedback: bool = False,
         allow_backprop: tuple[type[nn.Module] | str, ...] = (),
     ) -> None:
         super().__init__(model, loss, allow_backprop)
+        self.train_unused_feedback = flag(self.name, "train_unused_feedback", train_unused_feedback)
         choice(self.name, "mirror_noise", mirror_noise, tuple(MIRROR_NOISES))
         self.mirror_noise = mirror_noise
         self.noise = MIRROR_NOISES[mirror_noise]()
@@ -110,17 +117,19 @@ class WeightMirror(BackwardReplacementRule):
         """``steps`` mirror-mode updates of every layer's B (no forward parameter changes)."""
         n, std, lr = self.mirror_batch_size, self.mirror_noise_std, self.mirror_lr
         alpha, beta = lr * std * std / n, 1.0 - lr * self.mirror_decay
-        shared = [layer for layer, _ in self._shared]
-        sizes = [n * f for _, f in self._shared]
-        fbs = [self.feedback.get(layer.key) for layer in shared]
+        every = self.train_unused_feedback
+        shared = [(lay, f) for lay, f in self._shared if every or self.feedback_in_use(lay)]
+        own = [layer for layer in self._own if every or self.feedback_in_use(layer)]
+        sizes = [n * f for _, f in shared]
+        fbs = [self.feedback.get(layer.key) for layer, _ in shared]
         for _ in range(steps):
             if shared:
                 fb0 = fbs[0]
                 noise = self.noise.draw(sum(sizes), self.generator, fb0.dtype).to(fb0.device)
-                for layer, fb, x in zip(shared, fbs, noise.split(sizes), strict=True):
+                for (layer, _), fb, x in zip(shared, fbs, noise.split(sizes), strict=True):
                     x = x.view(n, -1).to(fb.device, fb.dtype)  # no-ops on one device and dtype
                     layer.handler.mirror_update_from(layer.module, fb, x, alpha, beta)
-            for layer in self._own:  # handlers without shared-noise support draw Gaussian noise
+            for layer in own:  # handlers without shared-noise support draw Gaussian noise
                 layer.handler.mirror_update(
                     layer.module, self.feedback.get(layer.key), n, std, lr, self.mirror_decay,
                     self.generator,

@@ -10,7 +10,7 @@ shard. Then:
 1. :meth:`Dist.reduce_grads` sums ``(n_rank / n_batch) * grad`` over ranks for every parameter
    the optimizer owns (forward and feedback), i.e. the average weighted by shard size, which is
    the full batch's update for every rule whose update is a mean over samples (a ragged last
-   batch included);
+   batch included); a parameter to which no rank gave a ``.grad`` keeps none;
 2. the step's loss sum, correct count and sample count are summed the same way, so every rank
    sees the same loss and takes the same divergence decision;
 3. after ``optimizer.step()``, :meth:`Dist.sync_state` broadcasts from rank 0 what a rule may
@@ -112,15 +112,25 @@ class Dist:
         if not self.enabled:
             return
         params = list(rule.parameters())
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params]) * (n_local / n_global)
+        # a parameter no rank wrote (e.g. Kolen-Pollack's unused B) keeps .grad None, so the
+        # optimizer skips it exactly as in a single process; the flags ride in the same reduce
+        has = [p.grad is not None for p in params]
+        parts = [
+            p.grad.reshape(-1) if h else p.new_zeros(p.numel())  # type: ignore[union-attr]
+            for p, h in zip(params, has, strict=True)
+        ]
+        total = sum(p.numel() for p in params)
+        flat = torch.cat([torch.cat(parts) * (n_local / n_global), params[0].new_tensor(has)])
         dist.all_reduce(flat)
         offset = 0
-        for p in params:
+        for p, written in zip(params, flat[total:].tolist(), strict=True):
             n = p.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+            if written == 0:
+                p.grad = None
+            else:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
             offset += n
 
     @torch.no_grad()
