@@ -64,10 +64,11 @@ class WeightMirror(BackwardReplacementRule):
     correlation, taken through the conv's weight gradient, tends to sigma^2 W. Defaults
     (eta 0.002, n 16) keep the steady-state angle to W^T near 7 deg for 256 inputs and 13 deg
     for 784 (noise ~ sqrt(eta lambda fan_in / (2 n)), see docs/algorithms/backward.md) at
-    about +20-25% of an MLP's backprop step; the time constant is 1/(eta lambda) = 500 steps,
-    so warm up with ``mirror_warmup(2000)`` or so. Each mirror step draws the noise of every
-    layer in one call (layer slices of one tensor, drawn on the CPU from the rule's generator)
-    where the layer's handler supports it (Linear, Conv2d). B is a buffer
+    about +27-29% of an MLP's backprop step (benchmarks/speed.py); the time constant is
+    1/(eta lambda) = 500 steps, so warm up with ``mirror_warmup(2000)`` or so. Each mirror
+    step draws the noise of every layer in one call (layer slices of one tensor, drawn on the
+    CPU from the rule's generator) where the layer's handler supports it (Linear, Conv2d).
+    B is a buffer
     (the user's optimizer never sees it), initialised like FA's. ``mirror_warmup`` runs mirror
     mode alone before training (P3's code does such a warm-up pass).
 
