@@ -68,9 +68,9 @@ class WeightMirror(BackwardReplacementRule):
     1/(eta lambda) = 500 steps, so warm up with ``mirror_warmup(2000)`` or so. Each mirror
     step draws the noise of every layer in one call (layer slices of one tensor, drawn on the
     CPU from the rule's generator) where the layer's handler supports it (Linear, Conv2d).
-    B is a buffer
-    (the user's optimizer never sees it), initialised like FA's. ``mirror_warmup`` runs mirror
-    mode alone before training (P3's code does such a warm-up pass).
+    B is a buffer (the user's optimizer never sees it), initialised like FA's.
+    ``mirror_warmup`` runs mirror mode alone before training (P3's code does such a warm-up
+    pass).
 
     Mirror mode skips a layer whose ``B`` carried no error at the engaged step (its input
     needs no gradient: the first layer of a network fed with data), as that ``B`` takes no part
