@@ -31,12 +31,13 @@ import ast
 import copy
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 import biograd
+from biograd.metrics.cost import CostEntry, calibrate, paired_cost, training_step
 
 #: Targets from the issue (ratio to backprop), shown next to the measurement.
 TARGETS = {
@@ -47,13 +48,11 @@ TARGETS = {
 
 @dataclass
 class Entry:
+    """One table row: the full step and the step without the optimizer, timed separately."""
+
     name: str
-    rule: biograd.LearningRule | None = None
-    opt: torch.optim.Optimizer | None = None
-    steps: int = 1
-    times: list[float] = field(default_factory=list)
-    ratios: list[float] = field(default_factory=list)
-    step_ratios: list[float] = field(default_factory=list)
+    full: CostEntry | None = None
+    step_only: CostEntry | None = None
     note: str = ""
 
 
@@ -76,14 +75,6 @@ def build(kind: str, batch: int, seed: int) -> tuple[nn.Module, torch.Tensor, to
 #: The clock of every timed block (``--clock``).
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter
-
-
-def one_step(e: Entry, x: torch.Tensor, y: torch.Tensor, optimizer: bool = True) -> None:
-    assert e.rule is not None and e.opt is not None
-    e.opt.zero_grad(set_to_none=True)
-    e.rule.step(x, y)
-    if optimizer:
-        e.opt.step()
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, object]]:
@@ -115,54 +106,41 @@ def prepare(
             continue
         try:
             torch.manual_seed(args.seed)
-            e.rule = biograd.create_rule(name, copy.deepcopy(model), **hparams)
-            e.opt = torch.optim.SGD(e.rule.parameters(), lr=0.01, momentum=0.9)
-            one_step(e, x, y)  # first call: lazy set-up
-            t0 = clock()
-            for _ in range(args.warmup):
-                one_step(e, x, y)
-            per_step = (clock() - t0) / max(1, args.warmup)
-            e.steps = max(1, round(args.block / max(per_step, 1e-9)))
+            rule = biograd.create_rule(name, copy.deepcopy(model), **hparams)
+            opt = torch.optim.SGD(rule.parameters(), lr=0.01, momentum=0.9)
+            e.full = CostEntry(label, training_step(rule, x, y, opt))
+            e.step_only = CostEntry(label, training_step(rule, x, y))
+            calibrate(e.full, args.block, args.warmup, clock)
+            e.step_only.steps = e.full.steps
         except Exception as err:  # noqa: BLE001 - a broken rule must not stop the table
-            e.rule, e.note = None, f"failed: {type(err).__name__}: {err}"[:120]
+            e.full = e.step_only = None
+            e.note = f"failed: {type(err).__name__}: {err}"[:120]
     return entries
 
 
-def timed_block(e: Entry, x: torch.Tensor, y: torch.Tensor, optimizer: bool = True) -> float:
-    t0 = clock()
-    for _ in range(e.steps):
-        one_step(e, x, y, optimizer)
-    t = (clock() - t0) / e.steps
-    if optimizer:
-        e.times.append(t)
-    return t
-
-
-def measure(entries: list[Entry], x, y, repeats: int, step_only: bool = True) -> None:
+def measure(entries: list[Entry], repeats: int, step_only: bool = True) -> None:
+    """Paired blocks (:func:`biograd.metrics.cost.paired_cost`): full steps, then, for the
+    step-only column, the same without the optimizer."""
     base = next(e for e in entries if e.name == "backprop")
-    live = [e for e in entries if e.rule is not None and e is not base]
-    for r in range(repeats):
-        for e in live[r % len(live):] + live[: r % len(live)] if live else []:
-            t_bp = timed_block(base, x, y)
-            e.ratios.append(timed_block(e, x, y) / t_bp)
-            if step_only:
-                t_bp = timed_block(base, x, y, optimizer=False)
-                e.step_ratios.append(timed_block(e, x, y, optimizer=False) / t_bp)
-    if not live:
-        for _ in range(repeats):
-            timed_block(base, x, y)
+    live = [e for e in entries if e.full is not None and e is not base]
+    assert base.full is not None and base.step_only is not None
+    paired_cost(base.full, [e.full for e in live], repeats, clock)  # type: ignore[misc]
+    if step_only:
+        paired_cost(base.step_only, [e.step_only for e in live], repeats,  # type: ignore[misc]
+                    clock)
 
 
 def table(entries: list[Entry], title: str) -> str:
     lines = [title, "", "| rule | s / batch | ratio to backprop | target | note | "
              "step-only ratio |", "| --- | ---: | ---: | ---: | --- | ---: |"]
     for e in entries:
-        if not e.times:
+        if e.full is None or not e.full.seconds:
             lines.append(f"| {e.name} | - | - | {TARGETS.get(e.name, '')} | {e.note} | - |")
             continue
-        med = statistics.median(e.times)
-        ratio = statistics.median(e.ratios) if e.ratios else 1.0
-        step = f"{statistics.median(e.step_ratios):.3f}" if e.step_ratios else (
+        med = e.full.seconds_per_step
+        ratio = e.full.ratio if e.full.ratios else 1.0
+        sr = e.step_only.ratios if e.step_only is not None else []
+        step = f"{statistics.median(sr):.3f}" if sr else (
             "1.000" if e.name == "backprop" else "-")
         target = TARGETS.get(e.name)
         note = e.note or ("" if target is None else ("met" if ratio <= target else "MISSED"))
@@ -207,7 +185,7 @@ def main(argv: list[str] | None = None) -> str:
         names = ["backprop", *names]
     specs = [(n, {}) for n in names] + [parse_variant(v) for v in args.variant]
     entries = prepare(specs, model, kind, x, y, args)
-    measure(entries, x, y, args.repeats, step_only=not args.no_step_only)
+    measure(entries, args.repeats, step_only=not args.no_step_only)
     title = (
         f"### Speed: {args.model}, batch {args.batch}, {args.threads} thread(s), {args.clock} "
         f"clock, median of {args.repeats} interleaved blocks, ratio = median of paired ratios "

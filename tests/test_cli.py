@@ -95,3 +95,9 @@ def test_compare_cli_writes_the_table(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     table = (tmp_path / "runs" / "c" / "compare.md").read_text()
     assert "| backprop | reference | 1 |" in table and table in done.stdout
+    assert "median of 5 interleaved block pairs" in table
+    done = _biograd("compare", *TINY, "--rules=[backprop]", "--out_dir=runs", "--run_name=c",
+                    "--cost_repeats=0", cwd=tmp_path)  # no probe: sub-runs reused as they are
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / "runs" / "c" / "compare.md").read_text()
+    assert "ratio of seconds per epoch" in table and "| 1.00 |" in table

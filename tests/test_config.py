@@ -63,6 +63,7 @@ def test_round_trip_through_dict() -> None:
         (["--epochs=0"], "config key 'epochs' must be >= 1"),
         (["--batch_size=0"], "config key 'batch_size' must be >= 1"),
         (["--momentum=-0.1"], "config key 'momentum' must be >= 0"),
+        (["--cost_repeats=-1"], "config key 'cost_repeats' must be >= 0"),
         (["--feedback_lr=0"], "config key 'feedback_lr' must be > 0"),
         (["--train_subset=0"], "config key 'train_subset' must be >= 1"),
         (["--val_size=1.5"], "config key 'val_size' must be a fraction"),

@@ -237,8 +237,14 @@ def test_compare_writes_table_and_plots_and_reuses_runs(tmp_path: Path, capsys) 
     mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / math.sqrt(2)
     assert f"| backprop | reference | 2 | {mean:.2f} ± {std:.2f} |" in table
     assert "| 1.00 |" in table  # backprop's time ratio to itself
+    costs = read_json(out / "compare.json")["step_cost_ratio"]
+    assert set(costs) == set(names) and costs["backprop"] == 1.0
     for name in others:
         assert f"| {name} |" in table
+        assert 0 < costs[name] < 100  # a paired ratio of step times (value: benchmarks/)
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+        assert row.split(" | ")[5] == f"{costs[name]:.2f}"  # the × backprop column
+    assert "median of 5 interleaved block pairs" in table
     for png in ("learning_curves.png", "angles.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table in capsys.readouterr().out

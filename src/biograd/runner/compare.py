@@ -1,8 +1,10 @@
 """``compare(config)``: several rules x seeds on one model and dataset.
 
 One training per (rule, seed) in ``<out_dir>/<run_name>/<rule>-s<seed>/`` (full run
-directories), backprop first and always included; then ``compare.md`` (a Markdown table),
-``compare.json``, ``learning_curves.png`` and ``angles.png`` (plots read the run directories).
+directories), backprop first and always included; then each rule's step cost against backprop
+(:mod:`biograd.runner.cost_probe`, ``cost_repeats`` paired blocks), ``compare.md`` (a Markdown
+table), ``compare.json``, ``learning_curves.png`` and ``angles.png`` (plots read the run
+directories).
 Finished sub-runs whose saved config matches are reused; interrupted ones are resumed.
 """
 
@@ -20,6 +22,7 @@ from biograd.core.registry import create_rule, list_rules, rule_info
 from biograd.plots import angle_curves, learning_curves
 from biograd.runner import rundir
 from biograd.runner.config import Config
+from biograd.runner.cost_probe import step_cost_ratios
 from biograd.runner.data import load_data
 from biograd.runner.device import fork_rng, resolve_device
 from biograd.runner.models import build_model, model_kind
@@ -55,7 +58,7 @@ def sub_config(cfg: Config, rule: str, seed: int, out: Path) -> Config:
         **cfg.config_per_rule.get(rule, {}), "rule": rule, "seed": seed,
         "rule_args": dict(cfg.rule_args_per_rule.get(rule, {})), "out_dir": str(out),
         "run_name": f"{rule}-s{seed}", "rules": [rule], "seeds": [seed],
-        "rule_args_per_rule": {}, "config_per_rule": {},
+        "rule_args_per_rule": {}, "config_per_rule": {}, "cost_repeats": 0,
     })
 
 
@@ -142,9 +145,16 @@ def compare(cfg: Config, *, overwrite: bool = False) -> dict[str, Any]:
                 if run_dir_of(sub).is_dir():
                     rundir.write_json(run_dir_of(sub) / rundir.SUMMARY, summary)
             results.setdefault(name, []).append(summary)
-    text = table(cfg, results, skipped)
+    probed = {n: runs[0] for n, runs in subs.items()
+              if any(s.get("status") != "failed" for s in results.get(n, []))}
+    if cfg.cost_repeats:
+        print(f"[compare] step cost against backprop ({cfg.cost_repeats} paired blocks per "
+              f"rule)", file=sys.stderr, flush=True)
+    costs = step_cost_ratios(probed, cfg.cost_repeats)
+    text = table(cfg, results, skipped, costs)
     (out / "compare.md").write_text(text)
-    rundir.write_json(out / "compare.json", {"results": results, "skipped": skipped})
+    rundir.write_json(out / "compare.json", {"results": results, "skipped": skipped,
+                                             "step_cost_ratio": costs})
     groups = {n: [run_dir_of(s) for s in runs] for n, runs in subs.items()}
     title = f"{cfg.model} on {cfg.dataset}"
     learning_curves(groups, out / "learning_curves.png", title=title)

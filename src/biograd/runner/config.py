@@ -22,7 +22,7 @@ from biograd.runner.yamlio import parse_scalar, read_yaml
 OPTIMIZERS = ("sgd", "adam")
 #: keys a comparison sets itself for each sub-run (config_per_rule may not override them)
 PER_RULE_FIXED = ("rule", "rule_args", "seed", "out_dir", "run_name", "rules", "seeds",
-                  "rule_args_per_rule", "config_per_rule")
+                  "rule_args_per_rule", "config_per_rule", "cost_repeats")
 SCHEDULERS = ("none", "cosine")
 
 
@@ -73,6 +73,7 @@ class Config:
     seeds: list[int] = field(default_factory=lambda: [0])
     rule_args_per_rule: dict[str, dict[str, Any]] = field(default_factory=dict)
     config_per_rule: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cost_repeats: int = 5
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field (what ``config.yaml`` holds)."""
@@ -140,7 +141,8 @@ def _check_range(cfg: Config) -> None:
     for key in ("feedback_lr", "time_limit"):
         if getattr(cfg, key) is not None and not getattr(cfg, key) > 0:
             raise bad(key, "> 0 (or null)")
-    for key in ("momentum", "weight_decay", "threads", "alignment_every", "checkpoint_every"):
+    for key in ("momentum", "weight_decay", "threads", "alignment_every", "checkpoint_every",
+                "cost_repeats"):
         if getattr(cfg, key) < 0:
             raise bad(key, ">= 0")
     if cfg.feedback_weight_decay is not None and cfg.feedback_weight_decay < 0:

@@ -24,9 +24,13 @@ def _fmt(values: list[Any], spec: str = ".1f") -> str:
     return format(sum(values) / len(values), spec) if values else "-"
 
 
-def table(cfg: Config, results: dict[str, list[dict[str, Any]]], skipped: dict[str, str]) -> str:
-    """Markdown: test accuracy mean +- std (%), seconds per epoch and its ratio to backprop,
-    final update-vs-backprop and feedback-vs-forward angles, diverged and failed counts."""
+def table(
+    cfg: Config, results: dict[str, list[dict[str, Any]]], skipped: dict[str, str],
+    costs: dict[str, float] | None = None,
+) -> str:
+    """Markdown: test accuracy mean +- std (%), seconds per epoch, the cost ratio to backprop
+    (``costs``: paired step timings; without them, the ratio of seconds per epoch), final
+    update-vs-backprop and feedback-vs-forward angles, diverged and failed counts."""
     bp = [s["seconds_per_epoch"] for s in results.get("backprop", [])
           if _num(s.get("seconds_per_epoch"))]
     bp_sec = sum(bp) / len(bp) if bp else None
@@ -56,8 +60,10 @@ def table(cfg: Config, results: dict[str, list[dict[str, Any]]], skipped: dict[s
         sec, ratio = "-", "-"
         if secs:
             sec = f"{sum(secs) / len(secs):.3g}"
-            if bp_sec:
+            if bp_sec and not costs:
                 ratio = f"{sum(secs) / len(secs) / bp_sec:.2f}"
+        if costs and _num(costs.get(name)):
+            ratio = f"{costs[name]:.2f}"
         lines.append(
             f"| {name} | {rule_info(name).family} | {len(runs)} | {acc} | {sec} | {ratio} | "
             f"{_fmt([s.get('angle_update') for s in ok])} | "
@@ -66,6 +72,16 @@ def table(cfg: Config, results: dict[str, list[dict[str, Any]]], skipped: dict[s
             f"{sum(s.get('status') == 'failed' for s in runs)} |"
         )
     lines.append("")
+    if costs:
+        lines.append(
+            f"× backprop: the training step (rule.step + optimizer step) against backprop's on "
+            f"the same model, batch and optimizer, median of {cfg.cost_repeats} interleaved "
+            f"block pairs timed after training in this process; s/epoch: wall time of the "
+            f"training loop (shared-machine noise included)."
+        )
+    else:
+        lines.append("× backprop: ratio of seconds per epoch (wall time, runs trained one "
+                     "after another; `cost_repeats: 0`).")
     if notes:
         lines.append("\\* stopped early by `time_limit`: fewer training steps than the others.")
     for name, why in skipped.items():

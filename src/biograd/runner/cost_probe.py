@@ -1,0 +1,75 @@
+"""The "x backprop" column of ``biograd compare``: each rule's training step timed against
+backprop's in this process, on the rule's own model, batch and optimizer settings
+(:mod:`biograd.metrics.cost`: medians of paired, interleaved blocks).
+
+Whole-epoch wall times of runs trained minutes apart on a shared machine are too noisy for a
+ratio (other load, the first run's warm-up); the s/epoch column keeps them as measured.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+from biograd.core.registry import create_rule
+from biograd.metrics.cost import CostEntry, calibrate, paired_cost, training_step
+from biograd.runner.config import Config
+from biograd.runner.data import RunData, load_data
+from biograd.runner.device import fork_rng, resolve_device
+from biograd.runner.models import build_model
+from biograd.runner.train import make_optimizer
+
+#: Seconds per timed block (each rule's and backprop's).
+BLOCK_SECONDS = 0.05
+
+
+def _data_key(cfg: Config) -> str:
+    return repr((cfg.dataset, cfg.dataset_args, cfg.data_dir, cfg.val_size, cfg.seed,
+                 cfg.train_subset, cfg.test_subset))
+
+
+def _entry(sub: Config, rule_name: str, rule_args: dict[str, Any], data: RunData,
+           device: torch.device) -> CostEntry:
+    torch.manual_seed(sub.seed)
+    model = build_model(sub.model, data.input_shape, data.num_classes, sub.model_args)
+    rule = create_rule(rule_name, model.to(device), loss=sub.loss, **rule_args)
+    opt = make_optimizer(sub, rule)
+    x = data.train_x[: sub.batch_size].to(device)
+    y = data.train_y[: sub.batch_size].to(device)
+    return CostEntry(rule_name, training_step(rule, x, y, opt))
+
+
+def step_cost_ratios(subs: dict[str, Config], repeats: int) -> dict[str, float]:
+    """``{rule: median paired ratio of its training step to backprop's}`` for every rule in
+    ``subs`` (backprop itself 1.0); a rule whose probe fails is left out (with a message)."""
+    if repeats < 1:
+        return {}
+    datasets: dict[str, RunData] = {}
+    ratios: dict[str, float] = {}
+    for name, sub in subs.items():
+        try:
+            device = resolve_device(sub.device)
+            sync = torch.cuda.synchronize if device.type == "cuda" else None
+            if sub.threads:
+                torch.set_num_threads(sub.threads)
+            key = _data_key(sub)
+            if key not in datasets:
+                datasets[key] = load_data(sub)
+            data = datasets[key]
+            with fork_rng(device):
+                ref = _entry(sub, "backprop", {}, data, device)
+                entry = ref if name == "backprop" else _entry(sub, name, sub.rule_args, data,
+                                                              device)
+                if entry is ref:
+                    ratios[name] = 1.0
+                    continue
+                for e in (ref, entry):
+                    calibrate(e, BLOCK_SECONDS, sync=sync)
+                paired_cost(ref, [entry], repeats, sync=sync)
+            ratios[name] = entry.ratio
+        except Exception as exc:  # noqa: BLE001 - a failing probe must not sink the comparison
+            print(f"[compare] cost probe of {name} failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
+    return ratios
