@@ -126,3 +126,18 @@ def test_model_table_builds_from_the_dataset_shape() -> None:
         build_model("mlp", (1, 8, 8), 4, {"hiden": [5]})
     with pytest.raises(ConfigError, match="unknown model 'vgg'"):
         build_model("vgg", (1, 8, 8), 4)
+
+
+def test_same_config_tolerates_keys_added_later_at_their_default() -> None:
+    """A run saved before a config key existed is still the same run while the key holds its
+    default (so upgrading biograd does not force retraining), and only then."""
+    from biograd.runner.config import Config, same_config
+
+    cfg = Config(rule="backprop", epochs=2)
+    saved = cfg.to_dict()
+    assert same_config(saved, cfg)
+    old = {k: v for k, v in saved.items() if k != "cost_repeats"}
+    assert same_config(old, cfg)
+    assert not same_config(old, cfg.replace(cost_repeats=2))
+    assert not same_config({**saved, "epochs": 3}, cfg)
+    assert not same_config({**saved, "unknown_key": 1}, cfg)

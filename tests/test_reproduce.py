@@ -6,6 +6,7 @@ at the top hidden layer)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,10 @@ def test_preset_runs_at_a_tiny_budget(paper: str, tmp_path: Path) -> None:
     assert f"[{paper}]({paper}.md)" in (tmp_path / "out" / "README.md").read_text()
     if paper != "p5-zil":
         assert "failed" not in {s["status"] for s in _summaries(tmp_path)}
+    if paper == "p2-ldrl":  # cost ratios measured by the paired step probe, one per experiment
+        line = next(x for x in report.splitlines() if "relative to backprop (paired" in x)
+        assert len(re.findall(r" \d+\.\d×", line)) == len(plan(
+            load_preset(paper), "quick").experiments), line
 
 
 def _summaries(tmp_path: Path) -> list[dict]:

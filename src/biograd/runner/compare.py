@@ -21,7 +21,7 @@ from biograd.core.errors import ConfigError
 from biograd.core.registry import create_rule, list_rules, rule_info
 from biograd.plots import angle_curves, learning_curves
 from biograd.runner import rundir
-from biograd.runner.config import Config
+from biograd.runner.config import Config, same_config
 from biograd.runner.cost_probe import step_cost_ratios
 from biograd.runner.data import load_data
 from biograd.runner.device import fork_rng, resolve_device
@@ -58,7 +58,8 @@ def sub_config(cfg: Config, rule: str, seed: int, out: Path) -> Config:
         **cfg.config_per_rule.get(rule, {}), "rule": rule, "seed": seed,
         "rule_args": dict(cfg.rule_args_per_rule.get(rule, {})), "out_dir": str(out),
         "run_name": f"{rule}-s{seed}", "rules": [rule], "seeds": [seed],
-        "rule_args_per_rule": {}, "config_per_rule": {}, "cost_repeats": 0,
+        "rule_args_per_rule": {}, "config_per_rule": {},
+        "cost_repeats": Config().cost_repeats,  # compare-only: the default, whatever the compare's
     })
 
 
@@ -80,9 +81,10 @@ def dry_build(sub: Config, warm_up_steps: int = 0) -> None:
 
 def check_reusable(sub: Config) -> None:
     """An existing sub-run must have been made with the same config (else nothing is reused
-    silently and nothing is overwritten without --overwrite)."""
+    silently and nothing is overwritten without --overwrite); keys added to biograd since it
+    was saved count as equal when they hold their default (:func:`same_config`)."""
     path = run_dir_of(sub) / rundir.CONFIG
-    if path.is_file() and read_yaml(path) != sub.to_dict():
+    if path.is_file() and not same_config(read_yaml(path), sub):
         raise ConfigError(
             f"sub-run {str(path.parent)!r} was trained with a different config; pass "
             f"--overwrite to retrain everything or choose another --run_name"

@@ -225,3 +225,12 @@ def load_config(
         apply_override(data, item)
     return from_dict(data)
 
+
+def same_config(saved: dict[str, Any], current: Config) -> bool:
+    """Whether a saved ``config.yaml`` describes the same run as ``current``: every saved key
+    equal, and every key the saved file lacks (added in a later biograd) at its default."""
+    now = current.to_dict()
+    defaults = Config().to_dict()
+    if set(saved) - set(now):
+        return False
+    return all(saved[k] == v if k in saved else v == defaults[k] for k, v in now.items())

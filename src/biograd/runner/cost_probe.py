@@ -42,8 +42,9 @@ def _entry(sub: Config, rule_name: str, rule_args: dict[str, Any], data: RunData
 
 
 def step_cost_ratios(subs: dict[str, Config], repeats: int) -> dict[str, float]:
-    """``{rule: median paired ratio of its training step to backprop's}`` for every rule in
-    ``subs`` (backprop itself 1.0); a rule whose probe fails is left out (with a message)."""
+    """``{label: median paired ratio of the training step of subs[label].rule to backprop's}``
+    on each config's own model, batch and optimizer (backprop itself 1.0); a probe that fails is
+    left out (with a message)."""
     if repeats < 1:
         return {}
     datasets: dict[str, RunData] = {}
@@ -58,13 +59,12 @@ def step_cost_ratios(subs: dict[str, Config], repeats: int) -> dict[str, float]:
             if key not in datasets:
                 datasets[key] = load_data(sub)
             data = datasets[key]
+            if sub.rule == "backprop":
+                ratios[name] = 1.0
+                continue
             with fork_rng(device):
                 ref = _entry(sub, "backprop", {}, data, device)
-                entry = ref if name == "backprop" else _entry(sub, name, sub.rule_args, data,
-                                                              device)
-                if entry is ref:
-                    ratios[name] = 1.0
-                    continue
+                entry = _entry(sub, sub.rule, sub.rule_args, data, device)
                 for e in (ref, entry):
                     calibrate(e, BLOCK_SECONDS, sync=sync)
                 paired_cost(ref, [entry], repeats, sync=sync)

@@ -17,9 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from biograd.runner.cost_probe import step_cost_ratios
 from biograd.runner.rundir import ALIGNMENT, read_rows
 
 Results = dict[tuple[str, str], list[dict[str, Any]]]
+#: Paired timing blocks per arm for the cost ratios of the reports.
+COST_REPEATS = 5
 
 
 @dataclass
@@ -50,6 +53,19 @@ class Context:
     out: Path
     started: float
     argv: list[str]
+    _costs: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def step_cost(self, experiment: str, arm: str) -> float:
+        """``arm``'s training step over backprop's on the arm's model, batch and optimizer
+        (:func:`biograd.runner.cost_probe.step_cost_ratios`, 5 paired blocks), measured once
+        per experiment when first asked; NaN if it could not be measured."""
+        if experiment not in self._costs:
+            first: dict[str, Any] = {}
+            for spec in self.plan.runs:
+                if spec.experiment == experiment:
+                    first.setdefault(spec.arm, spec.config)
+            self._costs[experiment] = step_cost_ratios(first, COST_REPEATS)
+        return self._costs[experiment].get(arm, float("nan"))
 
     @property
     def fig_dir(self) -> Path:
@@ -117,15 +133,10 @@ def acc_cell(runs: list[dict[str, Any]]) -> str:
     return text
 
 
-def seconds_per_epoch(runs: list[dict[str, Any]]) -> float:
-    secs = [s["seconds_per_epoch"] for s in runs if num(s.get("seconds_per_epoch"))]
-    return sum(secs) / len(secs) if secs else float("nan")
-
-
-def cost_ratio(ctx: Context, experiment: str, arm: str, ref: str = "backprop") -> float:
-    """Training seconds per epoch of ``arm`` over ``ref``'s in the same experiment."""
-    return seconds_per_epoch(ctx.runs(experiment, arm)) / seconds_per_epoch(
-        ctx.runs(experiment, ref))
+def cost_ratio(ctx: Context, experiment: str, arm: str) -> float:
+    """``arm``'s training step over backprop's, paired blocks in this process
+    (:meth:`Context.step_cost`)."""
+    return ctx.step_cost(experiment, arm)
 
 
 def angle_columns(runs: list[dict[str, Any]], prefix: str) -> dict[str, tuple[list, list]]:
