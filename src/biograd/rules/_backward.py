@@ -6,11 +6,13 @@ may act after the backward pass (:meth:`after_backward`: KP's weight decay, WM's
 
 Unused feedback. A layer's ``B`` carries error only when the layer's input needs a gradient;
 the first layer of a network fed with data never does, so its ``B`` takes no part in
-learning. Each ``step`` records which layers' feedback was used (:attr:`feedback_in_use`).
+learning. Each ``step`` records which layers' feedback was used (:meth:`feedback_in_use`).
 The rules that train ``B`` (Kolen-Pollack, weight mirror) do not train unused feedback
 unless ``train_unused_feedback=True`` (the forward weights' trajectory is the same either
 way; for an MLP on data the first layer's ``B`` is most of all feedback entries), and
 :meth:`feedback_weight_pairs` (hence the feedback-vs-forward angles) lists the used layers.
+The decision is per call: a layer called several times in one step (shared weights) gets
+Kolen-Pollack's ``B`` update from the calls whose input needs a gradient.
 """
 
 from __future__ import annotations

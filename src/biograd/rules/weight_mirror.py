@@ -115,7 +115,8 @@ class WeightMirror(BackwardReplacementRule):
 
     @torch.no_grad()
     def mirror(self, steps: int = 1) -> None:
-        """``steps`` mirror-mode updates of every layer's B (no forward parameter changes)."""
+        """``steps`` mirror-mode updates of every layer's B whose feedback is in use (all with
+        ``train_unused_feedback`` or before the first step); no forward parameter changes."""
         n, std, lr = self.mirror_batch_size, self.mirror_noise_std, self.mirror_lr
         alpha, beta = lr * std * std / n, 1.0 - lr * self.mirror_decay
         every = self.train_unused_feedback

@@ -51,6 +51,9 @@ def step_cost_ratios(subs: dict[str, Config], repeats: int) -> dict[str, float]:
     ratios: dict[str, float] = {}
     for name, sub in subs.items():
         try:
+            if sub.rule == "backprop":
+                ratios[name] = 1.0
+                continue
             device = resolve_device(sub.device)
             sync = torch.cuda.synchronize if device.type == "cuda" else None
             if sub.threads:
@@ -59,9 +62,6 @@ def step_cost_ratios(subs: dict[str, Config], repeats: int) -> dict[str, float]:
             if key not in datasets:
                 datasets[key] = load_data(sub)
             data = datasets[key]
-            if sub.rule == "backprop":
-                ratios[name] = 1.0
-                continue
             with fork_rng(device):
                 ref = _entry(sub, "backprop", {}, data, device)
                 entry = _entry(sub, sub.rule, sub.rule_args, data, device)
