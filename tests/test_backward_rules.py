@@ -462,3 +462,38 @@ def test_mnist_acceptance_run_meets_the_issue_targets() -> None:
     assert acc["direct_feedback_alignment"] >= 94
     assert max(results["kolen_pollack"]["angles_deg"].values()) < 5
     assert max(results["weight_mirror"]["angles_deg"].values()) < 15
+
+
+class _SharedLayerNet(nn.Module):
+    """One Linear applied twice: to the data (no input gradient), then to a hidden state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z1 = torch.tanh(self.shared(x))
+        return self.head(torch.tanh(self.shared(z1)))
+
+
+def test_kolen_pollack_shared_layer_gets_b_update_from_the_calls_that_use_b() -> None:
+    """Unused feedback is decided per call: the shared layer's B.grad is the transposed weight
+    gradient of its second call only (the first call's input is data), computed here by plain
+    autograd with the head's B set to W_head^T (so the error reaching the second call is
+    backprop's)."""
+    torch.manual_seed(0)
+    model = _SharedLayerNet().double()
+    x, y = torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+    rule = biograd.create_rule("kolen_pollack", model)
+    keys = {layer.path: layer.key for layer in rule.layers}
+    with torch.no_grad():
+        rule.feedback.get(keys["head"]).copy_(model.head.weight.t())
+    rule.step(x, y)
+    w, b = model.shared.weight, model.shared.bias
+    z1 = torch.tanh(x @ w.detach().t() + b.detach())
+    h2 = (z1 @ w.detach().t() + b.detach()).requires_grad_()
+    loss = torch.nn.functional.cross_entropy(model.head(torch.tanh(h2)), y)
+    (delta2,) = torch.autograd.grad(loss, h2)
+    torch.testing.assert_close(rule.feedback.get(keys["shared"]).grad, (delta2.t() @ z1).t())
+    assert not torch.allclose(w.grad, (delta2.t() @ z1))  # W also learns from the data call
