@@ -27,7 +27,6 @@ class RelaxResult:
     converged: bool = False
 
 
-@torch.no_grad()
 def relax(
     states: Sequence[Tensor],
     dynamics: Dynamics,
@@ -36,12 +35,23 @@ def relax(
     step_size: float,
     tol: float | None = None,
     callback: Callable[[int, list[Tensor]], None] | None = None,
+    differentiable: bool = False,
 ) -> RelaxResult:
     """Euler-integrate ``dynamics`` from ``states``; ``None`` deltas leave a state clamped.
 
     ``callback(t, states)`` runs after step ``t`` (1-based), e.g. for per-step weight updates
-    (Z-IL's schedule) or convergence traces.
+    (Z-IL's schedule) or convergence traces. The loop runs without autograd unless
+    ``differentiable`` (then the final states are differentiable through every step, as
+    backprop through time needs, e.g. for a reference gradient).
     """
+    with torch.enable_grad() if differentiable else torch.no_grad():
+        return _relax(states, dynamics, steps, step_size, tol, callback)
+
+
+def _relax(
+    states: Sequence[Tensor], dynamics: Dynamics, steps: int, step_size: float,
+    tol: float | None, callback: Callable[[int, list[Tensor]], None] | None,
+) -> RelaxResult:
     cur = [s.clone() for s in states]
     result = RelaxResult(cur)
     for t in range(1, steps + 1):
@@ -54,7 +64,7 @@ def relax(
             if tol is not None and d.numel():
                 biggest = max(biggest, float(d.abs().max()))
         if energy is not None:
-            result.energies.append(float(energy))
+            result.energies.append(float(energy.detach() if isinstance(energy, Tensor) else energy))
         result.steps = t
         if callback is not None:
             callback(t, cur)

@@ -68,6 +68,12 @@ class LearningRule(nn.Module, abc.ABC):
         """Inference: a plain feed-forward pass of the model."""
         return self.model(x)
 
+    def reference_output(self, x: Tensor) -> Tensor:
+        """The differentiable output whose loss the rule's update is compared with (the
+        reference gradient of :func:`biograd.metrics.update_alignment`): the model's forward
+        pass, unless the rule predicts otherwise (equilibrium propagation: its free phase)."""
+        return self.model(x)
+
     def forward_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of the model (what backprop would train)."""
         return [p for p in self.model.parameters() if p.requires_grad]

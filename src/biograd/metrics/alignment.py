@@ -35,11 +35,19 @@ def max_relative_difference(a: Tensor, b: Tensor) -> float:
 
 
 def backprop_gradients(rule: LearningRule, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-    """Autograd's gradient of ``rule``'s loss w.r.t. the model's parameters, on a copy."""
-    model = copy.deepcopy(rule.model)
+    """Autograd's gradient of ``rule``'s loss w.r.t. the model's parameters, on a copy: of the
+    loss of :meth:`~biograd.LearningRule.reference_output` (the model's forward pass unless
+    the rule's prediction is another computation, e.g. equilibrium propagation's free phase,
+    which is then backpropagated through time)."""
+    if type(rule).reference_output is LearningRule.reference_output:
+        model = copy.deepcopy(rule.model)
+        output = model
+    else:
+        probe = copy.deepcopy(rule)
+        model, output = probe.model, probe.reference_output
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
-        rule.loss_fn(model(x), y).backward()
+        rule.loss_fn(output(x), y).backward()
     return {
         n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
         for n, p in model.named_parameters()

@@ -132,11 +132,12 @@ class EquilibriumProp(LearningRule):
         return [b.layer.weight for b in self.blocks], [b.layer.bias for b in self.blocks]
 
     def _relax(
-        self, x: Tensor, y: Tensor | None, start: list[Tensor], beta: float, steps: int
+        self, x: Tensor, y: Tensor | None, start: list[Tensor], beta: float, steps: int,
+        differentiable: bool = False,
     ) -> RelaxResult:
         weights, biases = self._params()
         acts = [b.activation for b in self.blocks]
-        with torch.no_grad():
+        with torch.set_grad_enabled(differentiable):
             drive = nn.functional.linear(x, weights[0], biases[0])
         last = acts[-1]
 
@@ -151,14 +152,23 @@ class EquilibriumProp(LearningRule):
                 total = total + beta * self.loss_fn(out, y)
             return [-g for g in grads], total
 
-        return relax(start, dynamics, steps=steps, step_size=self.step_size, tol=self.tol)
+        return relax(start, dynamics, steps=steps, step_size=self.step_size, tol=self.tol,
+                     differentiable=differentiable)
 
-    def free_phase(self, x: Tensor) -> RelaxResult:
-        """Relax ``E`` (no nudging) from the ``init`` states for ``free_steps`` Euler steps."""
+    def free_phase(self, x: Tensor, differentiable: bool = False) -> RelaxResult:
+        """Relax ``E`` (no nudging) from the ``init`` states for ``free_steps`` Euler steps;
+        ``differentiable``: through autograd (from the init on), for :meth:`reference_output`."""
         x = self.blocks[0].pre(x)
-        with torch.no_grad():
+        with torch.set_grad_enabled(differentiable):
             start = self.init(self.blocks, x)
-        return self._relax(x, None, start, 0.0, self.free_steps)
+        return self._relax(x, None, start, 0.0, self.free_steps, differentiable)
+
+    def reference_output(self, x: Tensor) -> Tensor:
+        """:meth:`predict`'s output, differentiable through the whole free phase: the update
+        estimates the gradient of this output's loss, so the update-vs-backprop angle compares
+        it with backprop through time over the relaxation (Ernoult et al. 2019), not with the
+        feed-forward network's gradient (the free fixed point includes top-down feedback)."""
+        return self.blocks[-1].activation(self.free_phase(x, differentiable=True).states[-1])
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
