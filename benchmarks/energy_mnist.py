@@ -191,8 +191,8 @@ def suite_cost(a: argparse.Namespace) -> list[dict[str, Any]]:
 
 def suite_angles(a: argparse.Namespace) -> list[dict[str, Any]]:
     """Update-vs-backprop angle (degrees, per parameter) at initialisation on one training
-    batch of 64. For equilibrium_prop the reference is backprop through the feed-forward
-    pass, not the loss at the free fixed point its update estimates."""
+    batch of 64. For equilibrium_prop the reference is backprop through time over its free
+    phase (``rule.reference_output``: what it predicts and what its update estimates)."""
     from biograd.metrics import update_alignment
 
     xtr, ytr, _, _ = _mnist()
