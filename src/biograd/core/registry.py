@@ -2,12 +2,19 @@
 
 Rules register themselves with a decorator in their own module under ``biograd.rules``; the
 registry imports every module of that package on first use, so adding a rule is adding a file.
+Rules defined outside biograd register the same way once their module is imported; so that the
+CLI and ``rules: all`` see them too, the registry also imports, on first use, every module named
+by an entry point of the group ``biograd.rules`` (an installed package) and every module listed
+in the environment variable ``BIOGRAD_PLUGINS`` (comma-separated, importable from
+``sys.path``, e.g. with ``PYTHONPATH``).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
+import os
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +79,11 @@ def register_rule(
     return deco
 
 
+#: Entry-point group and environment variable naming modules that register more rules.
+ENTRY_POINT_GROUP = "biograd.rules"
+PLUGINS_ENV = "BIOGRAD_PLUGINS"
+
+
 def _discover() -> None:
     global _DISCOVERED
     if _DISCOVERED:
@@ -81,7 +93,28 @@ def _discover() -> None:
     for mod in pkgutil.iter_modules(pkg.__path__):
         if not mod.name.startswith("_"):
             importlib.import_module(f"{pkg.__name__}.{mod.name}")
-    _DISCOVERED = True
+    _DISCOVERED = True  # before the plugins: a plugin may call list_rules() while importing
+    try:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            _import_plugin(ep.value.partition(":")[0],
+                           f"entry point {ep.name!r} (group {ENTRY_POINT_GROUP!r})")
+        for name in os.environ.get(PLUGINS_ENV, "").split(","):
+            if name.strip():
+                _import_plugin(name.strip(), f"{PLUGINS_ENV}={os.environ[PLUGINS_ENV]!r}")
+    except ConfigError:
+        _DISCOVERED = False  # asked again, the same error again
+        raise
+
+
+def _import_plugin(module: str, where: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - any failure of the plugin is reported the same way
+        raise ConfigError(
+            f"cannot import rule plugin module {module!r} named by {where}: "
+            f"{type(exc).__name__}: {exc}. Check the module name and that its folder is on "
+            f"sys.path (e.g. PYTHONPATH), or unset {PLUGINS_ENV}."
+        ) from exc
 
 
 def list_rules() -> list[str]:
