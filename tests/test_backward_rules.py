@@ -395,7 +395,8 @@ def test_model_stays_a_plain_module(name: str) -> None:
         ("weight_mirror", {"mirror_decay": -1.0}, "mirror_decay must be >= 0"),
         ("weight_mirror", {"mirror_noise": "uniform"}, "mirror_noise must be one of"),
         ("feedback_alignment", {"allow_backprop": ("nope",)}, "not a module path"),
-        ("kolen_pollack", {"train_unused_feedback": 1}, "train_unused_feedback must be true or"),
+        ("kolen_pollack", {"train_unused_feedback": 1},
+         "train_unused_feedback must be True or False"),
         ("weight_mirror", {"train_unused_feedback": "yes"}, "train_unused_feedback must be"),
     ],
 )

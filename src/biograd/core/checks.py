@@ -32,7 +32,7 @@ def positive_int(rule: str, name: str, value: Any, *, allow_zero: bool = False) 
 def flag(rule: str, name: str, value: Any) -> bool:
     """``value`` must be True or False (not a truthy number or string)."""
     if not isinstance(value, bool):
-        raise ConfigError(f"rule {rule!r}: {name} must be true or false, got {value!r}")
+        raise ConfigError(f"rule {rule!r}: {name} must be True or False, got {value!r}")
     return value
 
 

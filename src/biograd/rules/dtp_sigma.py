@@ -5,7 +5,6 @@ from __future__ import annotations
 from torch import nn
 
 from biograd.core import checks
-from biograd.core.errors import ConfigError
 from biograd.core.losses import LossFn
 from biograd.core.registry import register_rule
 from biograd.ops.tp_losses import DEFAULT_GUARD, TOP_TARGETS, ReconstructionLoss
@@ -40,11 +39,7 @@ class DTPSigma(TargetPropagationRule):
         top_target: str = "error", difference_correction: bool = True,
     ) -> None:
         checks.choice("dtp_sigma", "top_target", top_target, tuple(TOP_TARGETS))
-        if not isinstance(difference_correction, bool):
-            raise ConfigError(
-                f"rule 'dtp_sigma': difference_correction must be True or False, got "
-                f"{difference_correction!r}"
-            )
+        checks.flag("dtp_sigma", "difference_correction", difference_correction)
         super().__init__(
             model, loss, beta=beta, feedback_steps=feedback_steps, feedback_lr=feedback_lr,
             sigma=sigma, feedback_momentum=feedback_momentum,

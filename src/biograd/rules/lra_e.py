@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from biograd.core import checks
 from biograd.core.blocks import as_blocks, forward_trace
-from biograd.core.errors import ConfigError, UnsupportedModelError
+from biograd.core.errors import UnsupportedModelError
 from biograd.core.losses import LossFn
 from biograd.core.registry import register_rule
 from biograd.core.rule import LearningRule, StepResult
@@ -57,9 +57,7 @@ class LRAE(LearningRule):
         self.beta = checks.positive(n, "beta", beta)
         self.gamma = checks.positive(n, "gamma", gamma, allow_zero=True)
         self.init_std = checks.positive(n, "init_std", init_std)
-        if not isinstance(init_model, bool):
-            raise ConfigError(f"rule {n!r}: init_model must be True or False, got "
-                                     f"{init_model!r}")
+        checks.flag(n, "init_model", init_model)
         self.blocks = as_blocks(model, n)
         for i, b in enumerate(self.blocks):
             if not isinstance(b.layer, nn.Linear) or b.pool is not None or (i and b.flatten):

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor, nn
 
 from biograd.core import checks
-from biograd.core.errors import ConfigError
 from biograd.core.losses import LossFn
 from biograd.core.registry import register_rule
 from biograd.core.relax import relax
@@ -54,11 +53,7 @@ class PredictiveCoding(LearningRule):
         self.gamma = checks.positive(self.name, "gamma", gamma)
         self.beta = checks.positive(self.name, "beta", beta)
         self.init_noise = checks.positive(self.name, "init_noise", init_noise, allow_zero=True)
-        if not isinstance(levelling, bool):
-            raise ConfigError(
-                f"rule {self.name!r}: levelling must be True or False, got {levelling!r}"
-            )
-        self.levelling = levelling
+        self.levelling = checks.flag(self.name, "levelling", levelling)
         self._cache = GraphCache(self.name, levelling)
 
     def graph(self, x: Tensor) -> PCGraph:

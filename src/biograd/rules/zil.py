@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 
 from biograd.core import checks
-from biograd.core.errors import ConfigError
 from biograd.core.losses import LossFn
 from biograd.core.registry import register_rule
 from biograd.core.relax import relax
@@ -35,13 +34,6 @@ from biograd.core.rule import LearningRule, StepResult
 from biograd.graph.cache import GraphCache
 from biograd.graph.capture import PCGraph
 from biograd.graph.inference import PCInference, levels_of, zil_frontier
-
-
-def _bool(rule: str, name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"rule {rule!r}: {name} must be True or False, got {value!r}")
-    return value
-
 
 Outcome = tuple[Tensor, Tensor, list[float]]  # loss, output, energy trace
 
@@ -102,9 +94,9 @@ class ZIL(LearningRule):
     ) -> None:
         super().__init__(model, loss)
         self.gamma = checks.positive(self.name, "gamma", gamma)
-        self.levelling = _bool(self.name, "levelling", levelling)
+        self.levelling = checks.flag(self.name, "levelling", levelling)
         self.init_noise = checks.positive(self.name, "init_noise", init_noise, allow_zero=True)
-        self.exact_shortcut = _bool(self.name, "exact_shortcut", exact_shortcut)
+        self.exact_shortcut = checks.flag(self.name, "exact_shortcut", exact_shortcut)
         self._cache = GraphCache(self.name, self.levelling)
         self.schedule: Schedule = (
             FrontierSchedule() if exact_shortcut and self.conditions_hold else RelaxSchedule()
