@@ -106,16 +106,24 @@ class BackwardReplacementRule(LearningRule):
         got an input that needs a gradient (True for every layer before the first step)."""
         return not self._usage_known or layer.key in self._in_use
 
+    def layer_forward(
+        self, layer: FeedbackLayer, direct: DirectSignal | None
+    ) -> Callable[[Tensor], Tensor]:
+        """``layer``'s forward for this step (subclass hook): by default the handler's op whose
+        backward goes through :meth:`scaled_feedback`."""
+        fb, scale = self.scaled_feedback(layer)
+        return layer.handler.bind(layer.module, fb, direct, scale)
+
     def _forward_fn(
         self, layer: FeedbackLayer, direct: DirectSignal | None
     ) -> Callable[[Tensor], Tensor]:
-        fb, scale = self.scaled_feedback(layer)
-        bound = layer.handler.bind(layer.module, fb, direct, scale)
-        in_use, key = self._in_use, layer.key
+        """:meth:`layer_forward`, recording whether the layer's feedback is used this step."""
+        bound = self.layer_forward(layer, direct)
+        in_use, key, bank = self._in_use, layer.key, self.feedback
         # trainable B of a call whose input needs no gradient: the feedback functions write
         # no B gradient then (it would take no part in learning), unless asked to train it,
         # in which case the input is made a leaf that needs one (its gradient is discarded)
-        force = self.train_unused_feedback and fb.requires_grad
+        force = self.train_unused_feedback and bank.has(key) and bank.get(key).requires_grad
 
         def fwd(x: Tensor) -> Tensor:
             if x.requires_grad:

@@ -91,8 +91,8 @@ class DirectFeedbackAlignment(BackwardReplacementRule):
             b = uniform((n_in, n_out), 1.0 / math.sqrt(n_in), self.generator)
             self.feedback.register_buffer(layer.key, b.to(out))
 
-    def _forward_fn(self, layer, direct):  # type: ignore[no-untyped-def]
-        fwd = super()._forward_fn(layer, direct)
+    def layer_forward(self, layer, direct):  # type: ignore[no-untyped-def]
+        fwd = super().layer_forward(layer, direct)
         n_in = self.feedback.get(layer.key).shape[0]
 
         def checked(x: Tensor) -> Tensor:

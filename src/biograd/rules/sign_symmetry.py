@@ -105,16 +105,15 @@ class SignSymmetry(BackwardReplacementRule):
         torch.sign(wt, out=buf)
         return self.strategy.feedback(self, layer, buf)
 
-    def _forward_fn(
+    def layer_forward(
         self, layer: FeedbackLayer, direct: DirectSignal | None
     ) -> Callable[[Tensor], Tensor]:
         """Builds sign(W) only when the layer's input needs a gradient: otherwise (the input
         layer) the backward never uses B, and this skips the largest sign pass of an MLP."""
-        handler, module, in_use = layer.handler, layer.module, self._in_use
+        handler, module = layer.handler, layer.module
 
         def fwd(x: Tensor) -> Tensor:
             if x.requires_grad:
-                in_use.add(layer.key)
                 fb, scale = self.scaled_feedback(layer)
             else:  # any tensor of B's shape: the backward computes no input gradient
                 fb, scale = handler.transposed_weight(module).detach(), 1.0
