@@ -83,7 +83,6 @@ class LinearFeedbackFunction(torch.autograd.Function):
         return gx, (gw if need_w else None), gb, gfb, None, None
 
 
-
 class LinearHandler(FeedbackHandler):
     """Feedback ``B`` of shape (in_features, out_features), i.e. ``W^T``'s."""
 
@@ -98,10 +97,7 @@ class LinearHandler(FeedbackHandler):
         direct: DirectSignal | None = None,
         scale: float = 1.0,
     ) -> Tensor:
-        if x.dim() == 2:
-            weight, bias = module.weight, module.bias  # type: ignore[union-attr]
-            return LinearFeedbackFunction.apply(x, weight, bias, feedback, scale, direct)
-        return super().forward(module, x, feedback, direct, scale)
+        return self.bind(module, feedback, direct, scale)(x)
 
     def bind(
         self,
