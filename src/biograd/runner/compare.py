@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from biograd.core.errors import ConfigError
-from biograd.core.registry import create_rule, list_rules, rule_info
+from biograd.core.registry import list_rules, rule_info
+from biograd.metrics.cost import training_step
 from biograd.plots import angle_curves, learning_curves
 from biograd.runner import rundir
 from biograd.runner.config import Config, same_config
-from biograd.runner.cost_probe import step_cost_ratios
+from biograd.runner.cost_probe import rule_on_first_batch, step_cost_ratios
 from biograd.runner.data import load_data
 from biograd.runner.device import fork_rng, resolve_device
-from biograd.runner.models import build_model, model_kind
+from biograd.runner.models import model_kind
 from biograd.runner.report import table
 from biograd.runner.train import run_dir_of, tensorboard_writer, train
 from biograd.runner.validate import check_names
@@ -67,16 +68,11 @@ def dry_build(sub: Config, warm_up_steps: int = 0) -> None:
     """Build each rule once so bad per-rule settings fail before any run; ``warm_up_steps``
     untimed steps on a throw-away copy take one-time costs (allocator, lazy init) out of the
     first timed run, so backprop's seconds are not inflated by running first."""
-    data = load_data(sub)
     device = resolve_device(sub.device)
     with fork_rng(device):
-        model = build_model(sub.model, data.input_shape, data.num_classes, sub.model_args)
-        rule = create_rule(sub.rule, model.to(device), loss=sub.loss, **sub.rule_args)
-        x = data.train_x[: sub.batch_size].to(device)
-        y = data.train_y[: sub.batch_size].to(device)
+        step = training_step(*rule_on_first_batch(sub, load_data(sub), device))
         for _ in range(warm_up_steps):
-            rule.zero_grad(set_to_none=True)
-            rule.step(x, y)
+            step()
 
 
 def check_reusable(sub: Config) -> None:

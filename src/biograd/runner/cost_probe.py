@@ -12,8 +12,10 @@ import sys
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from biograd.core.registry import create_rule
+from biograd.core.rule import LearningRule
 from biograd.metrics.cost import CostEntry, calibrate, paired_cost, training_step
 from biograd.runner.config import Config
 from biograd.runner.data import RunData, load_data
@@ -30,15 +32,25 @@ def _data_key(cfg: Config) -> str:
                  cfg.train_subset, cfg.test_subset))
 
 
-def _entry(sub: Config, rule_name: str, rule_args: dict[str, Any], data: RunData,
-           device: torch.device) -> CostEntry:
+def rule_on_first_batch(
+    sub: Config, data: RunData, device: torch.device, rule_name: str | None = None,
+    rule_args: dict[str, Any] | None = None,
+) -> tuple[LearningRule, Tensor, Tensor]:
+    """A fresh rule (``sub.rule`` with ``sub.rule_args`` unless given) on ``sub``'s model,
+    seeded with ``sub.seed``, on ``device``, and ``sub``'s first training batch there."""
     torch.manual_seed(sub.seed)
     model = build_model(sub.model, data.input_shape, data.num_classes, sub.model_args)
-    rule = create_rule(rule_name, model.to(device), loss=sub.loss, **rule_args)
-    opt = make_optimizer(sub, rule)
+    rule = create_rule(rule_name or sub.rule, model.to(device), loss=sub.loss,
+                       **(sub.rule_args if rule_args is None else rule_args))
     x = data.train_x[: sub.batch_size].to(device)
     y = data.train_y[: sub.batch_size].to(device)
-    return CostEntry(rule_name, training_step(rule, x, y, opt))
+    return rule, x, y
+
+
+def _entry(sub: Config, rule_name: str, rule_args: dict[str, Any], data: RunData,
+           device: torch.device) -> CostEntry:
+    rule, x, y = rule_on_first_batch(sub, data, device, rule_name, rule_args)
+    return CostEntry(rule_name, training_step(rule, x, y, make_optimizer(sub, rule)))
 
 
 def step_cost_ratios(subs: dict[str, Config], repeats: int) -> dict[str, float]:
