@@ -162,10 +162,7 @@ def from_env(device: str = "cpu", backend: str = "auto") -> Dist:
     size 1 otherwise. ``device`` and ``backend`` are the config keys of the same names: a CUDA
     run uses ``cuda:LOCAL_RANK`` and NCCL unless ``backend`` says otherwise."""
     if dist.is_available() and dist.is_initialized():
-        where = resolve_device(device, local_rank())
-        if where.type == "cuda":
-            torch.cuda.set_device(where)
-        return Dist(dist.get_rank(), dist.get_world_size(), device=where)
+        return Dist(dist.get_rank(), dist.get_world_size(), device=_this_rank_device(device))
     world = os.environ.get("WORLD_SIZE", "1")
     if not world.isdigit() or int(world) < 1:
         raise ConfigError(f"environment variable WORLD_SIZE must be a positive integer, "
@@ -178,9 +175,15 @@ def from_env(device: str = "cpu", backend: str = "auto") -> Dist:
             f"WORLD_SIZE={world} but {', '.join(missing)} not set: launch with "
             f"`torchrun --nproc_per_node=N -m biograd train ...`"
         )
+    where = _this_rank_device(device)
+    dist.init_process_group(backend=backend_for(where, backend), init_method="env://")
+    return Dist(dist.get_rank(), dist.get_world_size(), owns_group=True, device=where)
+
+
+def _this_rank_device(device: str) -> torch.device:
+    """The config's ``device`` for this process (``cuda`` means ``cuda:LOCAL_RANK``), made the
+    current CUDA device so collectives and allocations land on this rank's GPU."""
     where = resolve_device(device, local_rank())
-    chosen = backend_for(where, backend)
     if where.type == "cuda":
         torch.cuda.set_device(where)
-    dist.init_process_group(backend=chosen, init_method="env://")
-    return Dist(dist.get_rank(), dist.get_world_size(), owns_group=True, device=where)
+    return where

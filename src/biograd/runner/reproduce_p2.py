@@ -10,7 +10,6 @@ from biograd.runner.reproduce_report import (
     Section,
     acc_cell,
     completed,
-    cost_ratio,
     fmt,
     mean_accuracy,
     mean_std,
@@ -42,7 +41,7 @@ def report(ctx: Context) -> Section:
         for e in exps:
             text = acc_cell(ctx.runs(e, arm))
             row.append(f"{text} / {fmt(final_angle(ctx, e, arm), '.1f', '°')} / "
-                       f"{fmt(cost_ratio(ctx, e, arm), '.1f', '×')}")
+                       f"{fmt(ctx.step_cost(e, arm), '.1f', '×')}")
         lines.append(f"| {arm} | " + " | ".join(row) + " |")
     lines += ["", "## Update-vs-backprop angle per layer over training", ""]
     for e in exps:
@@ -58,7 +57,7 @@ def report(ctx: Context) -> Section:
         f"{e}: L-DRL {fmt(gap(e), '+.1f')} pts vs BP, "
         f"{fmt(final_angle(ctx, e, 'ldrl'), '.0f', '°')} (DTP "
         f"{fmt(final_angle(ctx, e, 'dtp'), '.0f', '°')}), "
-        f"{fmt(cost_ratio(ctx, e, 'ldrl'), '.1f', '×')} BP" for e in exps[:2])
+        f"{fmt(ctx.step_cost(e, 'ldrl'), '.1f', '×')} BP" for e in exps[:2])
     return Section("\n".join(lines), claims, key)
 
 
@@ -73,7 +72,7 @@ def _claims(ctx: Context, exps: list[str], tp: list[str]) -> list[Claim]:
     near = [e for e, g in gaps.items() if g <= 1.0]
     ahead = [e for e in exps if mean_accuracy(ctx, e, "ldrl") == mean_accuracy(ctx, e, "ldrl")
              and not mean_accuracy(ctx, e, "ldrl") < mean_accuracy(ctx, e, "drl")]
-    ratios = {e: cost_ratio(ctx, e, "ldrl") for e in exps}
+    ratios = {e: ctx.step_cost(e, "ldrl") for e in exps}
 
     def verdict(n: int) -> str:
         return "held" if n == len(exps) else ("partly held" if n else "did not hold")

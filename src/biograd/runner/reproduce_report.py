@@ -133,12 +133,6 @@ def acc_cell(runs: list[dict[str, Any]]) -> str:
     return text
 
 
-def cost_ratio(ctx: Context, experiment: str, arm: str) -> float:
-    """``arm``'s training step over backprop's, paired blocks in this process
-    (:meth:`Context.step_cost`)."""
-    return ctx.step_cost(experiment, arm)
-
-
 def angle_columns(runs: list[dict[str, Any]], prefix: str) -> dict[str, tuple[list, list]]:
     """Per column ``prefix/<name>`` of the runs' alignment.csv: (steps, mean over seeds)."""
     per: dict[str, dict[float, list[float]]] = {}
