@@ -498,3 +498,41 @@ def test_kolen_pollack_shared_layer_gets_b_update_from_the_calls_that_use_b() ->
     (delta2,) = torch.autograd.grad(loss, h2)
     torch.testing.assert_close(rule.feedback.get(keys["shared"]).grad, (delta2.t() @ z1).t())
     assert not torch.allclose(w.grad, (delta2.t() @ z1))  # W also learns from the data call
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_a_copy_made_after_a_step_trains_its_own_model(name: str) -> None:
+    """The swapped layer forwards are built once and kept across steps; a deepcopy or a
+    pickled copy must build its own (closures over the original would train the original)."""
+    import copy
+    import pickle
+
+    model, x, y = make_model("mlp")
+    rule = biograd.create_rule(name, model)
+    rule.step(x, y)
+    for clone in (copy.deepcopy(rule), pickle.loads(pickle.dumps(rule))):
+        rule.zero_grad(set_to_none=True)
+        clone.zero_grad(set_to_none=True)
+        clone.step(x, y)
+        assert all(p.grad is None for p in rule.model.parameters())
+        assert all(p.grad is not None for p in clone.model.parameters())
+
+
+@pytest.mark.parametrize("name", ["feedback_alignment", "weight_mirror", "kolen_pollack"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_converting_the_rule_after_a_step_uses_the_converted_tensors(name: str, kind: str) -> None:
+    """``rule.double()`` after a step replaces the feedback buffers: the next step must send
+    the error through the new ones (with B = W^T it is then exact backprop in float64)."""
+    model, x, y = make_model(kind)
+    extra = {"mirror_steps": 0} if name == "weight_mirror" else {}
+    rule = biograd.create_rule(name, model, **extra)
+    rule.step(x, y)
+    rule.double()
+    _set_feedback_to_w_transpose(rule)
+    rule.zero_grad(set_to_none=True)
+    x = x.double()
+    bp = backprop_gradients(rule, x, y)
+    rule.step(x, y)
+    for n, p in rule.model.named_parameters():
+        assert p.grad.dtype == torch.float64
+        torch.testing.assert_close(p.grad, bp[n], rtol=1e-10, atol=1e-12)

@@ -5,7 +5,6 @@ delta`` as in backprop; the input gradient is ``delta B^T`` with ``B`` of ``W^T`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -83,6 +82,9 @@ class LinearFeedbackFunction(torch.autograd.Function):
         return gx, (gw if need_w else None), gb, gfb, None, None
 
 
+_apply = LinearFeedbackFunction.apply
+
+
 class LinearHandler(FeedbackHandler):
     """Feedback ``B`` of shape (in_features, out_features), i.e. ``W^T``'s."""
 
@@ -97,27 +99,10 @@ class LinearHandler(FeedbackHandler):
         direct: DirectSignal | None = None,
         scale: float = 1.0,
     ) -> Tensor:
-        return self.bind(module, feedback, direct, scale)(x)
-
-    def bind(
-        self,
-        module: nn.Module,
-        feedback: Tensor,
-        direct: DirectSignal | None = None,
-        scale: float = 1.0,
-    ) -> Callable[[Tensor], Tensor]:
-        # weight and bias looked up once per step instead of once per call (nn.Module's
-        # __getattr__ is slow), and the 2-D fast path called directly
-        weight, bias = module.weight, module.bias  # type: ignore[union-attr]
-        apply = LinearFeedbackFunction.apply
-        generic = super().forward
-
-        def fwd(x: Tensor) -> Tensor:
-            if x.dim() == 2:
-                return apply(x, weight, bias, feedback, scale, direct)
-            return generic(module, x, feedback, direct, scale)
-
-        return fwd
+        if x.dim() == 2:  # the fast path, called directly
+            weight, bias = module.weight, module.bias  # type: ignore[union-attr]
+            return _apply(x, weight, bias, feedback, scale, direct)  # type: ignore[arg-type]
+        return super().forward(module, x, feedback, direct, scale)
 
     def transposed_weight(self, module: nn.Module) -> Tensor:
         return module.weight.t()  # type: ignore[union-attr,operator]

@@ -58,6 +58,15 @@ class FeedbackBank(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+class StepState:
+    """What the layers' forwards read during a step: its number (1 at the first step) and
+    DFA's output-error signal. A plain object, so updating it per step is cheap."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.direct: DirectSignal | None = None
+
+
 class BackwardReplacementRule(LearningRule):
     """Base of the rules that replace ``W^T`` in the backward pass by feedback ``B``.
 
@@ -79,7 +88,9 @@ class BackwardReplacementRule(LearningRule):
         #: feedback expose it as a hyper-parameter; fixed feedback has nothing to train).
         self.train_unused_feedback = False
         self._in_use: set[str] = set()
-        self._usage_known = False
+        self._state = StepState()
+        #: the converted layers' forwards, built once (see :meth:`_layer_forward`)
+        self._forwards: list[Callable[[Tensor], Tensor]] | None = None
 
     # ----------------------------------------------------------------- subclass hooks
     @abc.abstractmethod
@@ -101,47 +112,69 @@ class BackwardReplacementRule(LearningRule):
         """Called after ``.grad`` has been written."""
 
     # ----------------------------------------------------------------- the contract
+    def check_layer_input(self, layer: FeedbackLayer, x: Tensor) -> None:
+        """Called with each input that sends error through ``layer``'s feedback, before the op
+        (subclass hook: DFA checks that the input fits its feedback matrix)."""
+
+    # ----------------------------------------------------------------- the contract
     def feedback_in_use(self, layer: FeedbackLayer) -> bool:
         """Whether ``layer``'s feedback carried error at the last step: some call of the layer
         got an input that needs a gradient (True for every layer before the first step)."""
-        return not self._usage_known or layer.key in self._in_use
+        return self._state.step == 0 or layer.key in self._in_use
 
-    def layer_forward(
-        self, layer: FeedbackLayer, direct: DirectSignal | None
-    ) -> Callable[[Tensor], Tensor]:
-        """``layer``'s forward for this step (subclass hook): by default the handler's op whose
-        backward goes through :meth:`scaled_feedback`."""
-        fb, scale = self.scaled_feedback(layer)
-        return layer.handler.bind(layer.module, fb, direct, scale)
+    def _layer_forward(self, layer: FeedbackLayer) -> Callable[[Tensor], Tensor]:
+        """``layer``'s forward during a step: the handler's op whose backward sends the error
+        through :meth:`scaled_feedback` (fetched once per step, at the first call that needs
+        it), recording which layers' feedback is used.
 
-    def _forward_fn(
-        self, layer: FeedbackLayer, direct: DirectSignal | None
-    ) -> Callable[[Tensor], Tensor]:
-        """:meth:`layer_forward`, recording whether the layer's feedback is used this step."""
-        bound = self.layer_forward(layer, direct)
-        in_use, key, bank = self._in_use, layer.key, self.feedback
-        # trainable B of a call whose input needs no gradient: the feedback functions write
-        # no B gradient then (it would take no part in learning), unless asked to train it,
-        # in which case the input is made a leaf that needs one (its gradient is discarded)
-        force = self.train_unused_feedback and bank.has(key) and bank.get(key).requires_grad
+        A call whose input needs no gradient sends no error through ``B``, and its weight and
+        bias gradients are backprop's: it runs the module's own forward, unless unused
+        feedback is to be trained; then the input is made a leaf that needs a gradient (which
+        is discarded), so that trainable feedback gets its update.
+
+        Built once per layer and kept across steps (per-step values are read from
+        :class:`StepState`): a fresh closure per step costs more than its body."""
+        rule, state, in_use = self, self._state, self._in_use
+        module, handler, key = layer.module, layer.handler, layer.key
+        native = type(module).forward  # the class's forward (the instance's is swapped)
+        memo: list[Any] = [0, None, 1.0]  # the step it was fetched at, feedback, scale
 
         def fwd(x: Tensor) -> Tensor:
             if x.requires_grad:
                 in_use.add(key)
-            elif force:
+            elif rule.train_unused_feedback and rule.feedback_trainable(key):
                 x = x.detach().requires_grad_()
-            return bound(x)
+            else:
+                return native(module, x)
+            if memo[0] != state.step:
+                memo[1], memo[2] = rule.scaled_feedback(layer)
+                memo[0] = state.step
+            rule.check_layer_input(layer, x)
+            return handler.forward(module, x, memo[1], state.direct, memo[2])
 
         return fwd
+
+    def feedback_trainable(self, key: str) -> bool:
+        """Whether the feedback stored under ``key`` is trained by the user's optimizer."""
+        bank = self.feedback
+        return bank.has(key) and bank.get(key).requires_grad
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the layers' forwards close over this rule: a copy (deepcopy, pickle) builds its own
+        state = self.__dict__.copy()
+        state["_forwards"] = None
+        return state
 
     def step(self, x: Tensor, y: Tensor) -> StepResult:
         self.check_batch(x, y)
         self.prepare(x)
         self._in_use.clear()
-        self._usage_known = True
-        direct = self.direct_signal()
-        forwards = [self._forward_fn(layer, direct) for layer in self.layers]
-        with swapped_forwards(self.layers, forwards):
+        state = self._state
+        state.step += 1
+        state.direct = direct = self.direct_signal()
+        if self._forwards is None:
+            self._forwards = [self._layer_forward(layer) for layer in self.layers]
+        with swapped_forwards(self.layers, self._forwards):
             out = self.model(x)
         self.check_labels(out, y)
         loss = self.loss_fn(out, y)

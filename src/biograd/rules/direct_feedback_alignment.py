@@ -91,20 +91,14 @@ class DirectFeedbackAlignment(BackwardReplacementRule):
             b = uniform((n_in, n_out), 1.0 / math.sqrt(n_in), self.generator)
             self.feedback.register_buffer(layer.key, b.to(out))
 
-    def layer_forward(self, layer, direct):  # type: ignore[no-untyped-def]
-        fwd = super().layer_forward(layer, direct)
+    def check_layer_input(self, layer: FeedbackLayer, x: Tensor) -> None:
         n_in = self.feedback.get(layer.key).shape[0]
-
-        def checked(x: Tensor) -> Tensor:
-            if x.numel() != n_in * x.shape[0]:
-                raise InputError(
-                    f"rule {self.name!r}: layer {layer.path!r} gets inputs of {x[0].numel()} "
-                    f"values per sample, but its DFA feedback was built for {n_in}; DFA's "
-                    f"feedback matrices fix the input size of every layer"
-                )
-            return fwd(x)
-
-        return checked
+        if x.numel() != n_in * x.shape[0]:
+            raise InputError(
+                f"rule {self.name!r}: layer {layer.path!r} gets inputs of {x[0].numel()} "
+                f"values per sample, but its DFA feedback was built for {n_in}; DFA's "
+                f"feedback matrices fix the input size of every layer"
+            )
 
     def feedback_weight_pairs(self) -> dict[str, tuple[Tensor, Tensor]]:
         """DFA's B_k maps the OUTPUT error, so it has no W^T to align with: empty."""

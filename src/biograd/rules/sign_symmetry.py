@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +12,6 @@ from biograd.core.errors import ConfigError
 from biograd.core.losses import LossFn
 from biograd.core.registry import register_rule
 from biograd.ops.convert import FeedbackLayer
-from biograd.ops.feedback import DirectSignal
 from biograd.rules._backward import BackwardReplacementRule
 
 
@@ -104,22 +102,6 @@ class SignSymmetry(BackwardReplacementRule):
             buf = self._signs[key] = torch.empty_like(wt)
         torch.sign(wt, out=buf)
         return self.strategy.feedback(self, layer, buf)
-
-    def layer_forward(
-        self, layer: FeedbackLayer, direct: DirectSignal | None
-    ) -> Callable[[Tensor], Tensor]:
-        """Builds sign(W) only when the layer's input needs a gradient: otherwise (the input
-        layer) the backward never uses B, and this skips the largest sign pass of an MLP."""
-        handler, module = layer.handler, layer.module
-
-        def fwd(x: Tensor) -> Tensor:
-            if x.requires_grad:
-                fb, scale = self.scaled_feedback(layer)
-            else:  # any tensor of B's shape: the backward computes no input gradient
-                fb, scale = handler.transposed_weight(module).detach(), 1.0
-            return handler.bind(module, fb, direct, scale)(x)
-
-        return fwd
 
     def layer_feedback(self, layer: FeedbackLayer) -> Tensor:
         fb, scale = self.scaled_feedback(layer)
