@@ -3,7 +3,8 @@
 Each mutant is ``(file, original text, replacement, tests)``: the original text must occur
 exactly once in the file (else the mutant is reported as invalid), ``tests`` is the targeted
 pytest selection that should catch it (the rule's own test file(s) plus the contract tests of
-the rule, via ``-k``). Kinds: flipped sign, dropped factor, transposed feedback, skipped update.
+the rule, via ``-k``). Kinds: flipped sign, dropped factor, transposed feedback, skipped update,
+skipped check, stale state (a value kept across steps or copies that must be refreshed).
 
 The shared checkout is never modified: ``src/``, ``tests/`` and ``pyproject.toml`` are copied to
 a temporary folder, each mutant is applied there (and restored in a ``finally``), and pytest
@@ -82,6 +83,12 @@ MUTANTS = [
     Mutant("backward rules: unused-feedback leaf not made", "skipped update",
            R + "_backward.py", "x = x.detach().requires_grad_()", "pass",
            tuple(sel(BACKWARD, "kolen_pollack"))),
+    Mutant("backward rules: feedback fetched once, not per step", "stale state",
+           R + "_backward.py", "if memo[0] != state.step:", "if memo[1] is None:",
+           tuple(sel(BACKWARD, "feedback_alignment"))),
+    Mutant("backward rules: a copy keeps the original's forwards", "stale state",
+           R + "_backward.py", 'state["_forwards"] = None', "pass",
+           tuple(sel(BACKWARD, "feedback_alignment"))),
     Mutant("linear feedback: bias grad mean", "dropped factor", O + "linear.py",
            "gb = grad_out.sum(0) if need_b else None", "gb = grad_out.mean(0) if need_b else None",
            tuple(sel(BACKWARD, "feedback_alignment"))),
