@@ -10,7 +10,7 @@ Suites (one process each; results appended as JSON lines to ``--out`` and printe
   1e-3 as in the authors' PyTorch code (``--optim sgd`` for SGD);
 - ``angles``: update-vs-backprop angle per parameter at initialisation, one batch;
 - ``cost``: seconds per batch (step + optimizer step) of each rule / of backprop, measured
-  in one process on the same architecture and batches.
+  in one process on the same architecture and batch (median of paired blocks).
 
 Usage::
 
@@ -31,6 +31,7 @@ from torch import nn
 
 import biograd
 from biograd import data
+from biograd.metrics.cost import CostEntry, calibrate, paired_cost, training_step
 
 Optim = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 
@@ -147,9 +148,11 @@ def suite_lra(a: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def suite_cost(a: argparse.Namespace) -> list[dict[str, Any]]:
-    """Seconds per batch of step + opt.step, each rule against backprop in this process;
-    the two alternate in rounds of 10 batches so that load from other processes hits both."""
+    """Seconds per batch of step + opt.step (SGD 0.01) of each rule against backprop on the
+    same architecture and first training batch, in this process: median of ``--repeats``
+    paired, interleaved blocks of about 0.05 s (:mod:`biograd.metrics.cost`)."""
     xtr, ytr, _, _ = _mnist()
+    x, y = xtr[:64], ytr[:64]
     cases = [
         ("ar_standard", [300, 300, 100], "relu", "mse", "activation_relaxation", {}),
         ("ar_learned_dropped", [300, 300, 100], "relu", "mse", "activation_relaxation",
@@ -160,30 +163,21 @@ def suite_cost(a: argparse.Namespace) -> list[dict[str, Any]]:
     ]
     out = []
     for tag, hidden, act, loss, name, hp in cases:
-        runs = {}
-        for key, rname, rhp in (("bp", "backprop", {}), ("rule", name, hp)):
+        entries = []
+        for rname, rhp in (("backprop", {}), (name, hp)):
             torch.manual_seed(a.seed)
             model = biograd.models.mlp(784, hidden, 10, activation=act)
             rule = biograd.create_rule(rname, model, loss=loss, **rhp)
-            runs[key] = (rule, torch.optim.SGD(rule.parameters(), lr=0.01))
-        times = {"bp": 0.0, "rule": 0.0}
-        b, done = 64, 0
-        for r in range(-1, a.batches // 10):  # round -1 is a warm-up
-            for key, (rule, opt) in runs.items():
-                t0 = time.perf_counter()
-                for i in range(10):
-                    j = (done + i) * b
-                    opt.zero_grad(set_to_none=True)
-                    rule.step(xtr[j:j + b], ytr[j:j + b])
-                    opt.step()
-                if r >= 0:
-                    times[key] += time.perf_counter() - t0
-            done += 10
-        n = 10 * (a.batches // 10)
-        rec = {"tag": tag, "hidden": hidden, "batch": b, "batches": n,
-               "ms_backprop": round(1000 * times["bp"] / n, 3),
-               "ms_rule": round(1000 * times["rule"] / n, 3),
-               "ratio": round(times["rule"] / times["bp"], 1)}
+            opt = torch.optim.SGD(rule.parameters(), lr=0.01)
+            entries.append(CostEntry(rname, training_step(rule, x, y, opt)))
+        for e in entries:
+            calibrate(e, warmup=5)
+        bp, entry = entries
+        paired_cost(bp, [entry], a.repeats)
+        rec = {"tag": tag, "hidden": hidden, "batch": len(x), "repeats": a.repeats,
+               "ms_backprop": round(1000 * bp.seconds_per_step, 3),
+               "ms_rule": round(1000 * entry.seconds_per_step, 3),
+               "ratio": round(entry.ratio, 2)}
         print(f"  {rec}", flush=True)
         out.append(rec)
     return out
@@ -227,7 +221,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use the first N training images")
     p.add_argument("--only", nargs="*", default=None, help="run only these tags")
-    p.add_argument("--batches", type=int, default=40, help="cost: timed batches per rule")
+    p.add_argument("--repeats", type=int, default=15,
+                   help="cost: paired blocks of each rule and backprop")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="append JSON lines here")
     a = p.parse_args()

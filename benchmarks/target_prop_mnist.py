@@ -1,5 +1,7 @@
 """Target-propagation acceptance runs on MNIST (issue 3): accuracy, update-vs-backprop angle,
-Jacobian alignment and cost per batch relative to backprop, one process, one thread.
+Jacobian alignment and cost per batch relative to backprop, one process, one thread (the cost:
+median of paired, interleaved blocks of each rule's and backprop's training step on one batch,
+:mod:`biograd.metrics.cost`).
 
     OMP_NUM_THREADS=1 python benchmarks/target_prop_mnist.py --model mlp --epochs 5 \
         --rules backprop ldrl dtp dtp_sigma drl --out mlp.json
@@ -30,6 +32,7 @@ from torch.utils.data import DataLoader
 import biograd
 import biograd.data
 from biograd.metrics import update_alignment
+from biograd.metrics.cost import CostEntry, calibrate, paired_cost, training_step
 from biograd.metrics.jacobian import jacobian_alignment
 
 MLP_HPARAMS: dict[str, dict] = {
@@ -78,20 +81,27 @@ def mean_angle(angles: dict[str, float]) -> float:
     return sum(ws) / len(ws)
 
 
-def time_per_batch(name: str, kind: str, hp: dict, x: torch.Tensor, y: torch.Tensor,
-                   n: int, activation: str | None = None) -> float:
-    torch.manual_seed(0)
-    rule = biograd.create_rule(name, make_model(kind, activation).to(x.device), **hp)
-    opt = torch.optim.SGD(rule.parameters(), lr=0.01, momentum=0.9)
-    for i in range(n + 2):
-        if i == 2:
-            _sync(x.device)
-            t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        rule.step(x, y)
-        opt.step()
-    _sync(x.device)
-    return (time.perf_counter() - t0) / n
+def step_costs(
+    rules: list[str], kind: str, hps: dict[str, dict], x: torch.Tensor, y: torch.Tensor,
+    repeats: int, activation: str | None = None,
+) -> dict[str, CostEntry]:
+    """Each rule's training step (``rule.step`` + SGD(0.01, momentum 0.9) step, on the batch
+    ``x, y``) timed against backprop's in this process: blocks of about 0.05 s (at least one
+    step) after 2 warm-up steps, backprop's block right before each rule's, ``repeats`` times
+    (:mod:`biograd.metrics.cost`); an entry's ``ratio`` is the median paired ratio and its
+    ``seconds_per_step`` the median block."""
+    entries: dict[str, CostEntry] = {}
+    for name in dict.fromkeys(["backprop", *rules]):
+        torch.manual_seed(0)
+        rule = biograd.create_rule(name, make_model(kind, activation).to(x.device), **hps[name])
+        opt = torch.optim.SGD(rule.parameters(), lr=0.01, momentum=0.9)
+        entries[name] = CostEntry(name, training_step(rule, x, y, opt))
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else None
+    for e in entries.values():
+        calibrate(e, warmup=2, sync=sync)
+    ref = entries["backprop"]
+    paired_cost(ref, [e for e in entries.values() if e is not ref], repeats, sync=sync)
+    return entries
 
 
 def _sync(device: torch.device) -> None:
@@ -154,7 +164,8 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=0, help="train on the first N samples only")
     ap.add_argument("--hp", nargs="*", default=[], help="rule.key=value overrides")
     ap.add_argument("--timing-only", action="store_true")
-    ap.add_argument("--timing-batches", type=int, default=30)
+    ap.add_argument("--timing-repeats", type=int, default=7,
+                    help="paired blocks of each rule and backprop for the cost per batch")
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cpu", help="e.g. cuda (timings then are GPU timings)")
     args = ap.parse_args()
@@ -172,11 +183,10 @@ def main() -> None:
     if args.subset:
         train_set = torch.utils.data.TensorDataset(*(t[:args.subset] for t in train_set.tensors))
     xb, yb = (t[:args.batch].to(args.device) for t in train_set.tensors)
-    times = {r: time_per_batch(r, args.model, hps[r], xb, yb, args.timing_batches,
-                               args.activation)
-             for r in dict.fromkeys(["backprop", *rules])}
-    cost = {r: {"ms_per_batch": 1e3 * t, "ratio_to_backprop": t / times["backprop"]}
-            for r, t in times.items()}
+    costs = step_costs(rules, args.model, hps, xb, yb, args.timing_repeats, args.activation)
+    cost = {r: {"ms_per_batch": 1e3 * e.seconds_per_step,
+                "ratio_to_backprop": 1.0 if r == "backprop" else e.ratio}
+            for r, e in costs.items()}
     print(json.dumps({"cost_per_batch": cost}), flush=True)
     result: dict = {"args": vars(args), "cost_per_batch": cost, "runs": []}
     if not args.timing_only:
