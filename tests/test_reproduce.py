@@ -32,8 +32,10 @@ TINY_SETTINGS = {
 
 
 def _tiny(paper: str, tmp_path: Path, **kw):
+    # one paired block per arm for the reports' cost ratios (every paper has the setting)
     return reproduce(paper, "quick", out=tmp_path / "out", runs_dir=tmp_path / "runs",
-                     overrides=[*TINY, *TINY_SETTINGS.get(paper, [])], **kw)
+                     overrides=[*TINY, "settings.cost_repeats=1",
+                                *TINY_SETTINGS.get(paper, [])], **kw)
 
 
 @pytest.mark.parametrize("paper", PAPERS)
@@ -54,6 +56,18 @@ def test_preset_runs_at_a_tiny_budget(paper: str, tmp_path: Path) -> None:
         line = next(x for x in report.splitlines() if "relative to backprop (paired" in x)
         assert len(re.findall(r" \d+\.\d×", line)) == len(plan(
             load_preset(paper), "quick").experiments), line
+    if paper in ("p1-lra", "p3-weight-transport", "p4-activation-relaxation"):
+        # a cost table: every arm of every experiment measured (backprop exactly 1)
+        rows = report.split("## Cost per training step")[1].split("\n## ")[0].splitlines()
+        rows = [r for r in rows if r.startswith("| ") and r[2:6] not in ("rule", "--- ")]
+        p = plan(load_preset(paper), "quick")
+        arms = {spec.arm for spec in p.runs}
+        assert {r.split(" | ")[0][2:] for r in rows} == arms
+        for r in rows:
+            cells = r.strip("| ").split(" | ")[1:]
+            assert all(re.fullmatch(r"\d+\.\d\d×", c) for c in cells if c), r
+            if r.startswith("| backprop "):
+                assert all(c == "1.00×" for c in cells if c), r
 
 
 def _summaries(tmp_path: Path) -> list[dict]:
@@ -152,6 +166,8 @@ def test_p5_architectures_cover_the_papers_list() -> None:
     (["reproduce", "p1-lra", "--batchsize=3"], "unknown config key 'batchsize'"),
     (["reproduce", "p1-lra", "--preset", "missing.yaml"], "not found"),
     (["reproduce", "p5-zil", "--settings.repeat=1"], "unknown setting 'repeat'"),
+    (["reproduce", "p3-weight-transport", "--settings.cost_repeats=-1"],
+     "settings.cost_repeats must be an integer >= 0"),
 ])
 def test_bad_inputs_exit_2(argv: list[str], message: str, tmp_path: Path, monkeypatch,
                            capsys) -> None:

@@ -9,7 +9,9 @@ hyper-parameters as ``biograd train`` config keys::
                           only: [budgets it runs in],
                           per_arm: {label: {rule_args: {...}, config: {...}}}}
     arms:        label -> {rule: NAME, rule_args: {...}, config: {...}}
-    settings:    paper-specific measurement settings (P4's relaxation batch, P5's repeats)
+    settings:    paper-specific measurement settings (P4's relaxation batch, P5's repeats);
+                 every paper also has ``cost_repeats`` (paired timing blocks per arm of the
+                 report's cost ratios, default 5; 0 measures none)
 
 Each run's config is ``base <- budget.config <- experiment.config <- experiment[budget] <-
 arm.config <- experiment.per_arm[arm].config <- --key=value overrides`` plus the arm's rule,
@@ -39,6 +41,7 @@ from typing import Any
 from biograd.core.errors import ConfigError, unknown_name
 from biograd.runner.compare import check_reusable, dry_build, run_one
 from biograd.runner.config import Config, apply_override, from_dict
+from biograd.runner.reproduce_report import COST_REPEATS
 from biograd.runner.train import run_dir_of
 from biograd.runner.validate import check_names
 from biograd.runner.yamlio import parse_scalar, read_yaml
@@ -141,7 +144,8 @@ def plan(preset: dict[str, Any], budget: str, *, seeds: int | None = None,
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     bud = (preset.get("budgets") or {}).get(budget) or {}
     n_seeds = seeds if seeds is not None else int(bud.get("seeds", 1))
-    settings = merge(preset.get("settings") or {}, bud.get("settings") or {})
+    settings = merge({"cost_repeats": COST_REPEATS},
+                     merge(preset.get("settings") or {}, bud.get("settings") or {}))
     run_over = []
     for item in overrides:
         key = item.removeprefix("--")
@@ -149,6 +153,11 @@ def plan(preset: dict[str, Any], budget: str, *, seeds: int | None = None,
             _set_dotted(settings, key.removeprefix("settings."))
         else:
             run_over.append(key)
+    repeats = settings["cost_repeats"]
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 0:
+        raise ConfigError(f"settings.cost_repeats must be an integer >= 0 (paired timing "
+                          f"blocks of the reports' cost ratios; 0 measures none), got "
+                          f"{repeats!r}")
     paper, out = preset["paper"], Path(runs_dir) / preset["paper"] / budget
     result = Plan(paper, budget, preset, list(range(n_seeds)), [], settings)
     arms = preset.get("arms") or {}

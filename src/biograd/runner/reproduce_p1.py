@@ -10,6 +10,7 @@ from biograd.runner.reproduce_report import (
     Section,
     accuracies,
     cell,
+    cost_table,
     mean_std,
 )
 
@@ -77,7 +78,7 @@ def report(ctx: Context) -> Section:
                     text = f"**{text}**"
                 row.append(text + (f" ({bad}/{n})" if bad else ""))
         lines.append(f"| {arm} | " + " | ".join(row) + " |")
-    lines += ["", _plot(ctx, datasets, arms)]
+    lines += ["", _plot(ctx, datasets, arms), "", *cost_table(ctx, exps, arms)]
     claims = _claims(ctx, exps, arms, best)
     lra = [_error(ctx, e, "lra_e")[0] for e in exps]
     bp = [_error(ctx, e, "backprop")[0] for e in exps]

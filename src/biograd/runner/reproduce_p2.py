@@ -33,8 +33,9 @@ def report(ctx: Context) -> Section:
              "Per experiment: test accuracy % (mean ± std over seeds) / final update-vs-backprop "
              "angle (degrees, mean over weight matrices, on a fixed batch of training samples) "
              "/ training step time relative to backprop (rule.step + optimizer step against "
-             "backprop's on the same model, batch and optimizer; median of 5 interleaved block "
-             "pairs, measured in one process when the report is written).", "",
+             "backprop's on the same model, batch and optimizer; median of "
+             f"{ctx.cost_repeats} interleaved block pairs, measured in one process when the "
+             "report is written).", "",
              "| rule | " + " | ".join(exps) + " |", "| --- |" + " --- |" * len(exps)]
     for arm in arms:
         row = []

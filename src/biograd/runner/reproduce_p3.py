@@ -11,6 +11,7 @@ from biograd.runner.reproduce_report import (
     acc_cell,
     angle_columns,
     completed,
+    cost_table,
     mean_accuracy,
     mean_std,
     num,
@@ -54,6 +55,7 @@ def report(ctx: Context) -> Section:
         lines.append(plot_layer_angles(ctx, e, [a for a in arms if a != "backprop"],
                                        "angle_feedback/", f"feedback_angles_{e}.png",
                                        "B vs W^T angle (deg)"))
+    lines += ["", *cost_table(ctx, exps, arms)]
     claims = _claims(ctx, exps)
     key = "; ".join(
         f"{e}: KP {feedback_angle(ctx, e, 'kolen_pollack'):.0f}°, WM "

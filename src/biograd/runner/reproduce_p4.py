@@ -18,6 +18,7 @@ from biograd.runner.reproduce_report import (
     Section,
     acc_cell,
     accuracies,
+    cost_table,
     learning_curves,
     mean_std,
 )
@@ -113,7 +114,7 @@ def report(ctx: Context) -> Section:
     lines += ["", "Only standard AR has the backprop gradient as its fixed point; the variants "
               "relax to another point (with random or learned backward weights, which are equal "
               "before training, the fixed point of feedback alignment), so their error stays "
-              "O(1) by design.", "", _plot(ctx, curves)]
+              "O(1) by design.", "", _plot(ctx, curves), "", *cost_table(ctx, exps, arms)]
     claims = _claims(ctx, exps, arms, acc, curves, arm_cfg)
     std = next((a for a in curves if not arm_cfg[a].get("rule_args")), None)
     key = (f"AR relax error after {steps} steps: "

@@ -55,16 +55,21 @@ class Context:
     argv: list[str]
     _costs: dict[str, dict[str, float]] = field(default_factory=dict)
 
+    @property
+    def cost_repeats(self) -> int:
+        """Paired timing blocks per arm of :meth:`step_cost` (the ``cost_repeats`` setting)."""
+        return int(self.plan.settings.get("cost_repeats", COST_REPEATS))
+
     def step_cost(self, experiment: str, arm: str) -> float:
         """``arm``'s training step over backprop's on the arm's model, batch and optimizer
-        (:func:`biograd.runner.cost_probe.step_cost_ratios`, 5 paired blocks), measured once
-        per experiment when first asked; NaN if it could not be measured."""
+        (:func:`biograd.runner.cost_probe.step_cost_ratios`, :attr:`cost_repeats` paired
+        blocks), measured once per experiment when first asked; NaN if it was not measured."""
         if experiment not in self._costs:
             first: dict[str, Any] = {}
             for spec in self.plan.runs:
                 if spec.experiment == experiment:
                     first.setdefault(spec.arm, spec.config)
-            self._costs[experiment] = step_cost_ratios(first, COST_REPEATS)
+            self._costs[experiment] = step_cost_ratios(first, self.cost_repeats)
         return self._costs[experiment].get(arm, float("nan"))
 
     @property
@@ -121,6 +126,22 @@ def cell(values: list[float], spec: str = ".2f") -> str:
 def fmt(value: float, spec: str = ".1f", unit: str = "") -> str:
     """``value`` formatted with ``unit``, or '-' when it is NaN (nothing measured)."""
     return f"{value:{spec}}{unit}" if value == value else "-"
+
+
+def cost_table(ctx: Context, exps: list[str], arms: list[str]) -> list[str]:
+    """A Markdown section: each arm's training step relative to backprop's, per experiment
+    (:meth:`Context.step_cost`: rule.step + optimizer step on the arm's model, first batch and
+    optimizer, median of paired blocks measured in this process when the report is written)."""
+    lines = ["## Cost per training step", "",
+             "rule.step + optimizer step relative to backprop's on the same model, batch and "
+             f"optimizer (median of {ctx.cost_repeats} interleaved block pairs, measured in one "
+             "process when this report was written).", "",
+             "| rule | " + " | ".join(exps) + " |", "| --- |" + " ---: |" * len(exps)]
+    for arm in arms:
+        cells = [fmt(ctx.step_cost(e, arm), ".2f", "×") if arm in ctx.arms(e) else ""
+                 for e in exps]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def acc_cell(runs: list[dict[str, Any]]) -> str:
