@@ -33,6 +33,8 @@ def test_calibrate_sizes_blocks_to_the_requested_duration() -> None:
     assert e.steps == 25
     slow = CostEntry("slow", clock.stepper(1.0))
     calibrate(slow, block_seconds=0.05, warmup=2, clock=clock)
+    assert slow.steps == 3  # min_steps: never a block of one or two slow steps
+    calibrate(slow, block_seconds=0.05, warmup=2, clock=clock, min_steps=1)
     assert slow.steps == 1
     assert timed_block(e, clock) == pytest.approx(0.002) and e.seconds == [pytest.approx(0.002)]
 

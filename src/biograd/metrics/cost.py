@@ -67,9 +67,12 @@ def training_step(
 def calibrate(
     entry: CostEntry, block_seconds: float = 0.05, warmup: int = 10,
     clock: Clock = time.perf_counter, sync: Callable[[], None] | None = None,
+    min_steps: int = 3,
 ) -> None:
     """Run ``entry`` once (lazy set-up) and ``warmup`` times, then set ``entry.steps`` so that
-    a timed block lasts about ``block_seconds`` (at least one step)."""
+    a timed block lasts about ``block_seconds`` and holds at least ``min_steps`` steps (a
+    block of one slow step, e.g. a 40 ms LeNet step, leaves its ratio to the noise of single
+    steps: paired medians of 5 such blocks spread by +-20% on a shared machine)."""
     entry.step()
     t0 = clock()
     for _ in range(max(1, warmup)):
@@ -77,7 +80,8 @@ def calibrate(
     if sync is not None:
         sync()
     per_step = (clock() - t0) / max(1, warmup)
-    entry.steps = max(1, round(block_seconds / per_step)) if per_step > 0 else 1
+    floor = max(1, min_steps)
+    entry.steps = max(floor, round(block_seconds / per_step)) if per_step > 0 else floor
 
 
 def timed_block(

@@ -9,6 +9,8 @@ ratio (other load, the first run's warm-up); the s/epoch column keeps them as me
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,6 +55,15 @@ def _entry(sub: Config, rule_name: str, rule_args: dict[str, Any], data: RunData
     return CostEntry(rule_name, training_step(rule, x, y, make_optimizer(sub, rule)))
 
 
+def probe_clock(device: torch.device) -> Callable[[], float]:
+    """The process's CPU time for a single-threaded CPU run (time spent descheduled by other
+    load on a shared machine is not counted; the paired blocks then measure work, not luck),
+    else wall time (GPU kernels, or several threads whose CPU times add up)."""
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        return time.process_time
+    return time.perf_counter
+
+
 def step_cost_ratios(subs: dict[str, Config], repeats: int) -> dict[str, float]:
     """``{label: median paired ratio of the training step of subs[label].rule to backprop's}``
     on each config's own model, batch and optimizer (backprop itself 1.0); a probe that fails is
@@ -70,6 +81,7 @@ def step_cost_ratios(subs: dict[str, Config], repeats: int) -> dict[str, float]:
             sync = torch.cuda.synchronize if device.type == "cuda" else None
             if sub.threads:
                 torch.set_num_threads(sub.threads)
+            clock = probe_clock(device)
             key = _data_key(sub)
             if key not in datasets:
                 datasets[key] = load_data(sub)
@@ -78,8 +90,8 @@ def step_cost_ratios(subs: dict[str, Config], repeats: int) -> dict[str, float]:
                 ref = _entry(sub, "backprop", {}, data, device)
                 entry = _entry(sub, sub.rule, sub.rule_args, data, device)
                 for e in (ref, entry):
-                    calibrate(e, BLOCK_SECONDS, sync=sync)
-                paired_cost(ref, [entry], repeats, sync=sync)
+                    calibrate(e, BLOCK_SECONDS, clock=clock, sync=sync)
+                paired_cost(ref, [entry], repeats, clock=clock, sync=sync)
             ratios[name] = entry.ratio
         except Exception as exc:  # noqa: BLE001 - a failing probe must not sink the comparison
             print(f"[compare] cost probe of {name} failed: {type(exc).__name__}: {exc}",
