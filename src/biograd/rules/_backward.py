@@ -111,10 +111,9 @@ class BackwardReplacementRule(LearningRule):
     def after_backward(self) -> None:
         """Called after ``.grad`` has been written."""
 
-    # ----------------------------------------------------------------- the contract
     def check_layer_input(self, layer: FeedbackLayer, x: Tensor) -> None:
         """Called with each input that sends error through ``layer``'s feedback, before the op
-        (subclass hook: DFA checks that the input fits its feedback matrix)."""
+        (DFA checks that the input fits its feedback matrix)."""
 
     # ----------------------------------------------------------------- the contract
     def feedback_in_use(self, layer: FeedbackLayer) -> bool:
@@ -142,7 +141,7 @@ class BackwardReplacementRule(LearningRule):
         def fwd(x: Tensor) -> Tensor:
             if x.requires_grad:
                 in_use.add(key)
-            elif rule.train_unused_feedback and rule.feedback_trainable(key):
+            elif rule.train_unused_feedback and rule._feedback_trained(key):
                 x = x.detach().requires_grad_()
             else:
                 return native(module, x)
@@ -154,7 +153,7 @@ class BackwardReplacementRule(LearningRule):
 
         return fwd
 
-    def feedback_trainable(self, key: str) -> bool:
+    def _feedback_trained(self, key: str) -> bool:
         """Whether the feedback stored under ``key`` is trained by the user's optimizer."""
         bank = self.feedback
         return bank.has(key) and bank.get(key).requires_grad
