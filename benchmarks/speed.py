@@ -13,7 +13,8 @@ rule's blocks. The targets are judged on this full step ("ratio to backprop").
 The extra "step-only ratio" column is information only: the same pairing with the optimizer
 left out (``zero_grad`` + ``rule.step`` against ``zero_grad`` + backprop's ``step``).
 ``--clock cpu`` times with the process's CPU time instead of wall time (use it with
-``--threads 1`` on a machine shared with other jobs: time spent descheduled is not counted).
+``--threads 1`` on a machine shared with other jobs: time spent descheduled is not counted);
+the default, ``auto``, picks it for one thread and wall time otherwise.
 Rules whose ``supports`` lack the model kind are listed with a note, as are rules that fail.
 
     python benchmarks/speed.py                    # every rule, MLP 784-256-256-256-10 tanh
@@ -168,14 +169,17 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--variant", action="append", default=[], metavar="RULE:KEY=VALUE,...",
                    help="also time RULE with these hyper-parameters (repeatable), e.g. "
                    "weight_mirror:mirror_noise=gaussian")
-    p.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
-                   help="wall: perf_counter (default); cpu: process CPU time (for shared "
-                   "machines, with --threads 1)")
+    p.add_argument("--clock", default="auto", choices=["auto", *sorted(CLOCKS)],
+                   help="wall: perf_counter; cpu: process CPU time (for shared machines, with "
+                   "--threads 1); auto (default): cpu with one thread, else wall (as the "
+                   "compare/report cost probe)")
     p.add_argument("--no-step-only", action="store_true",
                    help="skip the step-only (no optimizer) column, halving the run time")
     p.add_argument("--out", help="also write the Markdown table to this file")
     args = p.parse_args(argv)
     global clock
+    if args.clock == "auto":
+        args.clock = "cpu" if args.threads == 1 else "wall"
     clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     model, x, y, kind = build(args.model, args.batch, args.seed)
