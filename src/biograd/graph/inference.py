@@ -114,14 +114,18 @@ def zil_frontier(
 
 
 def _half_squared_norms(groups: list[list[Tensor]]) -> list[float]:
-    """1/2 sum ||g||^2 per group, with one fused norm call for all tensors."""
-    flat = [g for grp in groups for g in grp]
-    norms = torch.stack(torch._foreach_norm(flat)).double().pow(2).tolist() if flat else []
-    out, k = [], 0
+    """1/2 sum ||g||^2 per group, with one fused norm call over the distinct tensors (an
+    identity vertex passes its error on unchanged, so on levelled graphs the same tensor is
+    carried by several levels: 688 entries but 390 tensors per LSTM step)."""
+    index: dict[int, int] = {}
+    distinct: list[Tensor] = []
     for grp in groups:
-        out.append(0.5 * sum(norms[k:k + len(grp)]))
-        k += len(grp)
-    return out
+        for g in grp:
+            if id(g) not in index:
+                index[id(g)] = len(distinct)
+                distinct.append(g)
+    sq = torch.stack(torch._foreach_norm(distinct)).double().pow(2).tolist() if distinct else []
+    return [0.5 * sum(sq[index[id(g)]] for g in grp) for grp in groups]
 
 
 class PCInference:
