@@ -536,3 +536,32 @@ def test_converting_the_rule_after_a_step_uses_the_converted_tensors(name: str, 
     for n, p in rule.model.named_parameters():
         assert p.grad.dtype == torch.float64
         torch.testing.assert_close(p.grad, bp[n], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+def test_a_weight_recomputed_at_every_call_is_read_at_the_call() -> None:
+    """``nn.utils.weight_norm`` recomputes ``module.weight`` from (g, v) in a forward pre-hook:
+    the feedback op must use the weight of this call (captured at the start of the step it
+    would belong to the previous step's graph). With B = W^T, FA is then exact backprop for
+    g and v over several updated steps."""
+    def make() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.utils.weight_norm(nn.Linear(6, 5).double()), nn.Tanh(),
+                             nn.utils.weight_norm(nn.Linear(5, 3).double()))
+
+    model, ref = make(), make()
+    x, y = torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    rule = biograd.create_rule("feedback_alignment", model)
+    for _ in range(3):
+        with torch.no_grad():
+            model(x)  # refreshes each layer's weight from its current g and v
+            _set_feedback_to_w_transpose(rule)
+        ref.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(ref(x), y).backward()
+        rule.zero_grad(set_to_none=True)
+        rule.step(x, y)
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
+                p.sub_(0.1 * p.grad)
+                q.sub_(0.1 * q.grad)
