@@ -170,8 +170,9 @@ class FeedbackHandler(abc.ABC):
         direct: DirectSignal | None = None,
         scale: float = 1.0,
     ) -> Callable[[Tensor], Tensor]:
-        """``x -> self.forward(module, x, feedback, direct, scale)`` for one step's forward pass
-        (handlers may return a leaner closure with the same maths)."""
+        """``x -> self.forward(module, x, feedback, direct, scale)``: the op with fixed feedback,
+        as a callable (a convenience outside the rules; the rules call :meth:`forward` at every
+        layer call, with the step's feedback and the module's current weight)."""
         return lambda x: self.forward(module, x, feedback, direct, scale)
 
     # ----------------------------------------------------------------- mirror mode, shared noise
