@@ -31,7 +31,7 @@ from torch import nn
 
 import biograd
 from biograd import data
-from biograd.metrics.cost import CostEntry, calibrate, paired_cost, training_step
+from biograd.metrics.cost import CostEntry, measure, training_step
 
 Optim = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 
@@ -150,7 +150,8 @@ def suite_lra(a: argparse.Namespace) -> list[dict[str, Any]]:
 def suite_cost(a: argparse.Namespace) -> list[dict[str, Any]]:
     """Seconds per batch of step + opt.step (SGD 0.01) of each rule against backprop on the
     same architecture and first training batch, in this process: median of ``--repeats``
-    paired, interleaved blocks of about 0.05 s (:mod:`biograd.metrics.cost`)."""
+    paired, interleaved blocks of about 0.05 s and at least 3 steps
+    (:mod:`biograd.metrics.cost`)."""
     xtr, ytr, _, _ = _mnist()
     x, y = xtr[:64], ytr[:64]
     cases = [
@@ -170,10 +171,8 @@ def suite_cost(a: argparse.Namespace) -> list[dict[str, Any]]:
             rule = biograd.create_rule(rname, model, loss=loss, **rhp)
             opt = torch.optim.SGD(rule.parameters(), lr=0.01)
             entries.append(CostEntry(rname, training_step(rule, x, y, opt)))
-        for e in entries:
-            calibrate(e, warmup=5)
         bp, entry = entries
-        paired_cost(bp, [entry], a.repeats)
+        measure(bp, [entry], a.repeats, warmup=5)
         rec = {"tag": tag, "hidden": hidden, "batch": len(x), "repeats": a.repeats,
                "ms_backprop": round(1000 * bp.seconds_per_step, 3),
                "ms_rule": round(1000 * entry.seconds_per_step, 3),

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 import biograd
 import biograd.data
 from biograd.metrics import update_alignment
-from biograd.metrics.cost import CostEntry, calibrate, paired_cost, training_step
+from biograd.metrics.cost import CostEntry, device_sync, measure, training_step
 from biograd.metrics.jacobian import jacobian_alignment
 
 MLP_HPARAMS: dict[str, dict] = {
@@ -86,8 +86,8 @@ def step_costs(
     repeats: int, activation: str | None = None,
 ) -> dict[str, CostEntry]:
     """Each rule's training step (``rule.step`` + SGD(0.01, momentum 0.9) step, on the batch
-    ``x, y``) timed against backprop's in this process: blocks of about 0.05 s (at least one
-    step) after 2 warm-up steps, backprop's block right before each rule's, ``repeats`` times
+    ``x, y``) timed against backprop's in this process: blocks of about 0.05 s (at least three
+    steps) after 2 warm-up steps, backprop's block right before each rule's, ``repeats`` times
     (:mod:`biograd.metrics.cost`); an entry's ``ratio`` is the median paired ratio and its
     ``seconds_per_step`` the median block."""
     entries: dict[str, CostEntry] = {}
@@ -96,17 +96,10 @@ def step_costs(
         rule = biograd.create_rule(name, make_model(kind, activation).to(x.device), **hps[name])
         opt = torch.optim.SGD(rule.parameters(), lr=0.01, momentum=0.9)
         entries[name] = CostEntry(name, training_step(rule, x, y, opt))
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else None
-    for e in entries.values():
-        calibrate(e, warmup=2, sync=sync)
     ref = entries["backprop"]
-    paired_cost(ref, [e for e in entries.values() if e is not ref], repeats, sync=sync)
+    measure(ref, [e for e in entries.values() if e is not ref], repeats, warmup=2,
+            sync=device_sync(x.device))
     return entries
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def forward_lr(name: str, args: argparse.Namespace) -> float:

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 import biograd
-from biograd.metrics.cost import CostEntry, calibrate, paired_cost, timed_block, training_step
+from biograd.metrics.cost import (
+    CostEntry,
+    calibrate,
+    measure,
+    paired_cost,
+    timed_block,
+    training_step,
+)
 from tests.conftest import make_model
 
 
@@ -97,3 +104,11 @@ def test_training_step_is_one_rule_step_and_optimizer_step(with_optimizer: bool)
     else:
         assert torch.equal(lin.weight.detach(), w)
         torch.testing.assert_close(lin.weight.grad, g1)
+
+
+def test_measure_sizes_every_block_then_pairs() -> None:
+    clock = FakeClock()
+    ref, e = CostEntry("bp", clock.stepper(0.005)), CostEntry("r", clock.stepper(0.02))
+    measure(ref, [e], repeats=4, block_seconds=0.1, warmup=2, clock=clock)
+    assert (ref.steps, e.steps) == (20, 5)
+    assert e.ratios == [pytest.approx(4.0)] * 4 and len(ref.seconds) == 4

@@ -110,3 +110,19 @@ def paired_cost(
             t_ref = timed_block(reference, clock, sync)
             t = timed_block(entry, clock, sync)
             entry.ratios.append(t / t_ref if t_ref > 0 else float("nan"))
+
+
+def measure(
+    reference: CostEntry, entries: list[CostEntry], repeats: int, *,
+    block_seconds: float = 0.05, warmup: int = 10, clock: Clock = time.perf_counter,
+    sync: Callable[[], None] | None = None,
+) -> None:
+    """:func:`calibrate` the reference and every entry, then :func:`paired_cost`."""
+    for e in (reference, *entries):
+        calibrate(e, block_seconds, warmup, clock, sync)
+    paired_cost(reference, entries, repeats, clock, sync)
+
+
+def device_sync(device: torch.device) -> Callable[[], None] | None:
+    """What a timed block waits on before reading the clock: the GPU's queue, else nothing."""
+    return torch.cuda.synchronize if device.type == "cuda" else None

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from biograd.core.registry import create_rule
 from biograd.core.rule import LearningRule
-from biograd.metrics.cost import CostEntry, calibrate, paired_cost, training_step
+from biograd.metrics.cost import CostEntry, device_sync, measure, training_step
 from biograd.runner.config import Config
 from biograd.runner.data import RunData, load_data
 from biograd.runner.device import fork_rng, resolve_device
@@ -78,7 +78,6 @@ def step_cost_ratios(subs: dict[str, Config], repeats: int) -> dict[str, float]:
                 ratios[name] = 1.0
                 continue
             device = resolve_device(sub.device)
-            sync = torch.cuda.synchronize if device.type == "cuda" else None
             if sub.threads:
                 torch.set_num_threads(sub.threads)
             clock = probe_clock(device)
@@ -89,9 +88,8 @@ def step_cost_ratios(subs: dict[str, Config], repeats: int) -> dict[str, float]:
             with fork_rng(device):
                 ref = _entry(sub, "backprop", {}, data, device)
                 entry = _entry(sub, sub.rule, sub.rule_args, data, device)
-                for e in (ref, entry):
-                    calibrate(e, BLOCK_SECONDS, clock=clock, sync=sync)
-                paired_cost(ref, [entry], repeats, clock=clock, sync=sync)
+                measure(ref, [entry], repeats, block_seconds=BLOCK_SECONDS, clock=clock,
+                        sync=device_sync(device))
             ratios[name] = entry.ratio
         except Exception as exc:  # noqa: BLE001 - a failing probe must not sink the comparison
             print(f"[compare] cost probe of {name} failed: {type(exc).__name__}: {exc}",
