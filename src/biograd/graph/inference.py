@@ -128,6 +128,20 @@ def _half_squared_norms(groups: list[list[Tensor]]) -> list[float]:
     return [0.5 * sum(sq[index[id(g)]] for g in grp) for grp in groups]
 
 
+def _canonical(graph: PCGraph) -> Callable[[int, Tensor], Tensor]:
+    """Free value nodes are held contiguous, in the feed-forward sweep as during inference.
+
+    C1 asks for e_v = x_v - mu_v = 0 *exactly* at the start. A vertex's prediction computed
+    from a strided view (a ``chunk`` of the LSTM gates) and from a contiguous copy of the same
+    values can differ in the last bit (vectorised vs strided kernels); with gamma = 1 the PC
+    dynamics amplify such 1e-16 errors ahead of the error wave until they overflow. Evaluating
+    every prediction from contiguous parents, both here and in :meth:`PCInference.dynamics`,
+    makes the initial errors exactly zero."""
+    def leaf(i: int, mu: Tensor) -> Tensor:
+        return mu if graph.vertices[i].kind in CLAMPED else mu.contiguous()
+    return leaf
+
+
 class PCInference:
     """The energy F of a captured graph on one batch, its state gradient and weight updates."""
 
@@ -135,8 +149,8 @@ class PCInference:
         self, graph: PCGraph, x: Tensor, y: Tensor, loss_fn: LossFn, beta: float = 1.0
     ) -> None:
         self.graph, self.x, self.y, self.loss_fn, self.beta = graph, x, y, loss_fn, beta
-        with torch.no_grad():
-            values, mus, self.consts = forward(graph, x)  # the one pass that may move buffers
+        with torch.no_grad():  # the one pass that may move buffers
+            values, mus, self.consts = forward(graph, x, _canonical(graph))
         out = mus[graph.output]
         assert out is not None
         self.output = out
@@ -168,7 +182,7 @@ class PCInference:
     def dynamics(self, states: list[Tensor]) -> tuple[list[Tensor | None], float]:
         """-dF/dx for every hidden value node, and F (for :func:`biograd.core.relax.relax`)."""
         with torch.enable_grad(), frozen_buffers(self.graph.gm):
-            leaves = [s.detach().requires_grad_(True) for s in states]
+            leaves = [s.detach().contiguous().requires_grad_(True) for s in states]
             energy = self._energy(leaves, self.consts)
             grads = torch.autograd.grad(energy, leaves, allow_unused=True)
         deltas: list[Tensor | None] = [
@@ -180,11 +194,28 @@ class PCInference:
         with torch.no_grad(), frozen_buffers(self.graph.gm):
             return float(self._energy(states, self.consts))
 
+    def errors(self, vertices: Sequence[int], states: Sequence[Tensor]) -> list[Tensor]:
+        """e_v = x_v - mu_v(x_parents) for each vertex in ``vertices`` (every kind, identity
+        and parameter-free vertices included); the output's is e_out = -beta dL/dmu_out."""
+        vals = self._values([s.detach().contiguous() for s in states])
+        out: list[Tensor] = []
+        with torch.no_grad(), frozen_buffers(self.graph.gm):
+            for i in vertices:
+                mu = predict(self.graph, i, vals, self.consts)
+                if i == self.graph.output:
+                    with torch.enable_grad():
+                        m = mu.detach().requires_grad_(True)
+                        (g,) = torch.autograd.grad(self.beta * self.loss_fn(m, self.y), m)
+                    out.append(-g)
+                else:
+                    out.append(vals[i] - mu)  # type: ignore[operator]
+        return out
+
     def write_updates(
         self, vertices: Sequence[int], states: Sequence[Tensor], write: Write, scale: float = 1.0
     ) -> None:
         """Write scale * dF/dtheta_v (only vertex v's own term) for each vertex in ``vertices``."""
-        vals = self._values([s.detach() for s in states])
+        vals = self._values([s.detach().contiguous() for s in states])
         outs, gouts, params = [], [], {}
         with torch.enable_grad(), frozen_buffers(self.graph.gm):
             for i in vertices:

@@ -12,11 +12,18 @@ Predictive coding on the model's computational graph (captured with torch.fx, se
 
 On graphs with edges that skip levels (residual connections) the graph is *levelled* with
 identity vertices so that errors travel in lock-step (P5 Sec. 4). Then e_v(k) = -dL/dmu_v
-(Thm. 1), and a step only changes the errors of the frontier at distance t; the default
-schedule computes exactly those with the vjps recorded in the forward pass (about one
-backprop). Breaking a condition (``gamma != 1``, ``init_noise > 0``, ``levelling=False``) or
-asking for ``exact_shortcut=False`` runs the full PC dynamics with :func:`biograd.core.relax`
-(every vertex, every step), which is also how the tests check that the shortcut is exact.
+(Thm. 1).
+
+Two schedules run the inference phase. :class:`RelaxSchedule` is the PC dynamics themselves:
+value nodes, errors x_v - mu_v, the energy F and its gradient, every vertex at every step
+(:func:`biograd.core.relax.relax`), with level-t parameters updated at step t. It runs
+whenever a condition is broken (``gamma != 1``, ``init_noise > 0``, ``levelling=False``) or
+``exact_shortcut=False``, and it is the evidence for P5's claim. :class:`FrontierSchedule`
+(the default when C1-C3 and levelling hold) is an event-driven implementation of the same
+dynamics: under those conditions only the level-t vertices change in a way that matters at
+step t, so it evaluates only them, through the vjps recorded in the forward pass (about one
+backprop). It is valid only under C1-C3 on a levelled graph; the tests check it against the
+full dynamics (updates and the energy the error wave carries), not only against autograd.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from biograd.graph.cache import GraphCache
 from biograd.graph.capture import PCGraph
 from biograd.graph.inference import PCInference, levels_of, zil_frontier
 
-Outcome = tuple[Tensor, Tensor, list[float]]  # loss, output, energy trace
+Outcome = tuple[Tensor, Tensor, dict[str, list[float]]]  # loss, output, traces
 
 
 class Schedule(Protocol):
@@ -45,17 +52,28 @@ class Schedule(Protocol):
 
 
 class FrontierSchedule:
-    """C1-C3 on a levelled graph: step t touches only the level-t frontier, through the vjps
-    recorded in the forward pass (P5 Thm. 1 makes this identical to the full dynamics)."""
+    """Event-driven Z-IL, valid only under C1-C3 on a levelled graph: step t evaluates only the
+    level-t frontier, through the vjps recorded in the forward pass. Under those conditions
+    this is the same computation as :class:`RelaxSchedule` restricted to the vertices whose
+    errors change (P5 Thm. 1); it is the backprop recursion run level by level, so comparing
+    it with autograd alone proves nothing about predictive coding."""
 
     def run(self, rule: ZIL, graph: PCGraph, x: Tensor, y: Tensor) -> Outcome:
-        return zil_frontier(graph, x, y, rule.loss_fn, rule.accumulate_grad,
-                            check=lambda o: rule.check_labels(o, y))
+        loss, out, wave = zil_frontier(graph, x, y, rule.loss_fn, rule.accumulate_grad,
+                                       check=lambda o: rule.check_labels(o, y))
+        return loss, out, {"energy": wave}
 
 
 class RelaxSchedule:
     """The full PC dynamics (every vertex, every step) with :func:`biograd.core.relax.relax`;
-    level-t parameters are updated from the relax callback after step t (C2)."""
+    level-t parameters are updated from the relax callback after step t (C2).
+
+    Traces: ``energy`` is the energy the error wave carries, 1/2 sum ||e_v(t)||^2 over the
+    level-t vertices at step t (what :class:`FrontierSchedule` reports), and ``free_energy``
+    is F at the state before step t + 1. With gamma = 1 the dynamics diverge behind the wave
+    (an explicit gradient step of size 1 on an energy whose curvature exceeds 2), so F can
+    overflow on deep graphs. It never reaches the updates: the level-(t+1) errors at step
+    t + 1 depend only on the level-t errors at step t and on values that have not moved."""
 
     def run(self, rule: ZIL, graph: PCGraph, x: Tensor, y: Tensor) -> Outcome:
         inf = PCInference(graph, x, y, rule.loss_fn, beta=1.0)
@@ -65,11 +83,19 @@ class RelaxSchedule:
             states = [s + rule.init_noise * torch.randn(
                 s.shape, generator=rule.generator, dtype=s.dtype).to(s.device) for s in states]
         levels = levels_of(graph)
-        inf.write_updates(levels[0], states, rule.accumulate_grad)
+        wave: list[float] = []
+
+        def at_step(t: int, s: list[Tensor]) -> None:
+            inf.write_updates(levels[t], s, rule.accumulate_grad)
+            wave.append(0.5 * sum(float(e.double().pow(2).sum())
+                                  for e in inf.errors(levels[t], s)))
+
+        at_step(0, states)
         res = relax(states, inf.dynamics, steps=graph.depth, step_size=rule.gamma,
-                    callback=lambda t, s: inf.write_updates(levels[t], s, rule.accumulate_grad))
+                    callback=at_step)
         loss = rule.loss_fn(inf.output, y)
-        return loss.detach(), inf.output.detach(), res.energies
+        return loss.detach(), inf.output.detach(), {"energy": wave,
+                                                    "free_energy": res.energies}
 
 
 @register_rule(
@@ -114,11 +140,12 @@ class ZIL(LearningRule):
     def step(self, x: Tensor, y: Tensor) -> StepResult:
         self.check_batch(x, y)
         graph = self.graph(x)
-        loss, out, energies = self.schedule.run(self, graph, x, y)
+        loss, out, traces = self.schedule.run(self, graph, x, y)
         for p in self.forward_parameters():  # parameters off every path to the output
             if p.grad is None:
                 self.accumulate_grad(p, torch.zeros_like(p))
-        metrics = {f"energy_{t}": e for t, e in enumerate(energies)}
+        metrics = {f"{name}_{t}": e for name, trace in traces.items()
+                   for t, e in enumerate(trace)}
         metrics["inference_steps"] = float(graph.depth)
         return StepResult(float(loss), out, metrics)
 
