@@ -8,8 +8,9 @@ stage in reverse order, as P2's code inverts a ``Sequential`` (its ``invert`` di
 
 - ``unpool``: max-unpooling with the *forward pass's* argmax indices for ``MaxPool2d``, nearest
   upsampling for ``AvgPool2d``, nothing without pooling;
-- ``act``: the forward block's own activation (P2 inverts ELU by ELU: ``"same"``), or the
-  derivative-matched ``phi`` with ``phi'(f(h)) = f'(h)`` (``"matched"``, our option);
+- ``act``: the forward block's own activation (P2 inverts ELU by ELU: ``"same"``), the
+  derivative-matched ``phi`` with ``phi'(f(h)) = f'(h)`` (``"matched"``, our option), or none
+  (``"identity"``: ``g`` is affine, the linear-inverse reading of P1's DTP-sigma);
 - ``V``: a ``Linear`` (out -> in) for ``Linear`` blocks, a transposed convolution for ``Conv2d``
   blocks; ``V`` is stored with the *forward weight's shape*, so ``V = W`` (conv) or ``V = W^T``
   (linear) makes ``V`` the exact adjoint of the forward layer;

@@ -4,7 +4,10 @@
 - ``"matched"``: ``phi`` with ``phi'(f(h)) = f'(h)``, i.e. the antiderivative of the forward
   activation's derivative written as a function of its output (tanh: 1 - y^2; sigmoid:
   y(1 - y); ELU: 1 or y + alpha). With ``V = W^T`` the feedback Jacobian then equals the forward
-  Jacobian's transpose exactly, so the L-DRL optimum is reachable (our option, not P2's).
+  Jacobian's transpose exactly, so the L-DRL optimum is reachable (our option, not P2's);
+- ``"identity"``: no feedback nonlinearity, so the inverse is affine in its input,
+  ``g(y) = V unpool(y) + c`` (``g(y) = V y + c`` for an MLP block): the linear-inverse reading
+  of P1's DTP-sigma (docs/algorithms/target_prop.md, "Readings and choices").
 """
 
 from __future__ import annotations
@@ -64,7 +67,14 @@ def matched_activation(act: nn.Module) -> nn.Module:
     return same_activation(act)
 
 
+def identity_activation(act: nn.Module) -> nn.Module:
+    """No feedback nonlinearity whatever the forward activation: the inverse is affine in its
+    input (the linear-inverse reading of P1's DTP-sigma)."""
+    return nn.Identity()
+
+
 FEEDBACK_ACTIVATIONS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "same": same_activation,
     "matched": matched_activation,
+    "identity": identity_activation,
 }
