@@ -9,7 +9,11 @@ from torch import Tensor, nn
 import biograd
 from biograd.graph import PCGraph, build_graph, capture, forward, level_graph, predict
 from biograd.graph.levels import children_of
-from biograd.models.sequence import rnn_classifier
+from biograd.models.sequence import (
+    lstm_classifier,
+    rnn_classifier,
+    transformer_block_classifier,
+)
 from tests.conftest import make_model
 
 
@@ -147,3 +151,121 @@ def test_eval_mode_dropout_is_accepted() -> None:
     model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5), nn.Linear(3, 2)).eval()
     g = capture(model, torch.randn(4, 3))
     assert g.depth == 2
+
+
+class _Wrap(nn.Module):
+    """A Linear head on the (batch, 8) tensor ``pick`` takes out of module ``m``'s output."""
+
+    def __init__(self, m: nn.Module, pick) -> None:
+        super().__init__()
+        self.m, self.pick, self.out = m, pick, nn.Linear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.pick(self.m, x))
+
+
+def _last(m: nn.Module, x: Tensor) -> Tensor:
+    return m(x)[0][:, -1]
+
+
+def _first8(t: Tensor) -> Tensor:
+    return t.flatten(1)[:, :8]
+
+
+COMPOSITES = [  # (module, how the model calls it, class name, the rewrite the error points to)
+    (nn.RNN(4, 8, batch_first=True), _last, "torch.nn.RNN", "RNNClassifier"),
+    (nn.LSTM(4, 8, batch_first=True), _last, "torch.nn.LSTM", "LSTMClassifier"),
+    (nn.GRU(4, 8, batch_first=True), _last, "torch.nn.GRU", r"h = \(1 - z\) \* n"),
+    (nn.RNNCell(4, 8), lambda m, x: m(x[:, 0]), "torch.nn.RNNCell", "RNNClassifier"),
+    (nn.LSTMCell(4, 8), lambda m, x: m(x[:, 0])[0], "torch.nn.LSTMCell", "LSTMClassifier"),
+    (nn.GRUCell(4, 8), lambda m, x: m(x[:, 0]), "torch.nn.GRUCell", r"h = \(1 - z\) \* n"),
+    (nn.MultiheadAttention(4, 2, batch_first=True), lambda m, x: _first8(m(x, x, x)[0]),
+     "torch.nn.MultiheadAttention", "TransformerBlockClassifier"),
+    (nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True),
+     lambda m, x: _first8(m(x)), "torch.nn.TransformerEncoderLayer", "torch.softmax"),
+    (nn.TransformerDecoderLayer(4, 2, 8, dropout=0.0, batch_first=True),
+     lambda m, x: _first8(m(x, x)), "torch.nn.TransformerDecoderLayer", "torch.softmax"),
+]
+
+
+@pytest.mark.parametrize("module,call,cls,fix", COMPOSITES,
+                         ids=[c[2].split(".")[-1] for c in COMPOSITES])
+def test_composite_modules_are_refused_naming_the_module_and_the_rewrite(
+    module: nn.Module, call, cls: str, fix: str
+) -> None:
+    """fx keeps every torch.nn module as one leaf: an nn.LSTM would be one vertex whose local
+    update is BPTT through the whole block. Refused for both rules, with the way out."""
+    for rule in ("zil", "predictive_coding"):
+        with pytest.raises(biograd.UnsupportedModelError,
+                           match=rf"rule '{rule}': module 'm' \({cls}\) runs several operations"
+                                 rf".*elementary operations.*{fix}"):
+            biograd.create_rule(rule, _Wrap(module, call)).step(
+                torch.randn(3, 5, 4), torch.tensor([0, 1, 0]))
+
+
+def test_the_issues_lstm_plus_transformer_model_is_refused_at_the_first_composite() -> None:
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(4, 8, batch_first=True)
+            self.enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            out, (h, c) = self.rnn(x)  # tuple unpacking would otherwise stop fx first
+            return self.head(self.enc(out).mean(1))
+
+    with pytest.raises(biograd.UnsupportedModelError, match=r"module 'rnn' \(torch.nn.LSTM\)"):
+        capture(Mixed(), torch.randn(3, 5, 4), "zil")
+
+
+def test_fused_attention_function_and_leaf_modules_with_parts_are_refused() -> None:
+    class Sdpa(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv, self.out = nn.Linear(4, 12), nn.Linear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            return self.out(nn.functional.scaled_dot_product_attention(q, k, v).mean(1))
+
+    with pytest.raises(biograd.UnsupportedModelError,
+                       match="scaled_dot_product_attention.*several operations.*torch.softmax"):
+        capture(Sdpa(), torch.randn(3, 5, 4), "zil")
+
+    class Block(nn.Module):  # any torch.nn module is an fx leaf; this one calls two parts
+        __module__ = "torch.nn.modules.hypothetical"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.b(torch.tanh(self.a(x)))
+
+    with pytest.raises(biograd.UnsupportedModelError,
+                       match=r"module '1' .*Block\) runs several.*its parts \(a, b\)"):
+        capture(nn.Sequential(nn.Linear(4, 4), Block()), torch.randn(3, 4), "zil")
+
+
+def test_a_parametrized_linear_is_still_one_vertex() -> None:
+    """weight_norm's parametrization container is a child module, not a second operation."""
+    lin = nn.utils.parametrizations.weight_norm(nn.Linear(4, 3))
+    g = capture(nn.Sequential(lin, nn.Tanh(), nn.Linear(3, 2)), torch.randn(3, 4), "zil")
+    assert [v.kind for v in g.vertices] == ["input", "op", "op", "op"]
+    assert len(g.vertices[1].params) == 3  # bias, weight's g and v
+
+
+def test_the_sequence_models_are_graphs_of_elementary_operations() -> None:
+    """The P5 report's RNN, LSTM and transformer: every vertex is one operation (a Linear, a
+    LayerNorm, or a tensor function / method), never a block of torch.nn modules."""
+    models = [rnn_classifier(3, 4, 2, seq_len=3), lstm_classifier(3, 4, 2, seq_len=3),
+              transformer_block_classifier(3, 8, 2, 2, seq_len=3)]
+    for model in models:
+        g = capture(model, torch.randn(2, 3, 3), "zil")
+        mods = {type(model.get_submodule(str(v.node.target))) for v in g.vertices
+                if v.node is not None and v.node.op == "call_module"}
+        assert mods <= {nn.Linear, nn.LayerNorm}, mods
+        for v in g.vertices:
+            assert v.kind == "input" or [n for n in v.closure
+                                         if g.kinds[n] != "inline"] == [v.node], v.name

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from biograd.graph.guards import check_node, frozen_buffers, unsupported
+from biograd.core.errors import UnsupportedModelError
+from biograd.graph.guards import check_composite, check_node, frozen_buffers, unsupported
 
 INPUT, VERTEX, INLINE, CONST = "input", "vertex", "inline", "const"
 CLAMPED = ("input", "data")
@@ -101,10 +102,32 @@ def _has_tensor(value: Any) -> bool:
     return False
 
 
+class _Tracer(fx.Tracer):
+    """fx's default tracer, refusing composite modules (nn.LSTM, nn.MultiheadAttention, ...)
+    when they are called, before their tuple outputs can make tracing fail for another
+    reason (:func:`biograd.graph.guards.check_composite`)."""
+
+    def __init__(self, rule: str) -> None:
+        super().__init__()
+        self.rule = rule
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            name = self.path_of_module(m)
+        except NameError:  # a module called but not registered as a submodule
+            name = type(m).__name__
+        check_composite(m, name, self.rule, leaf=self.is_leaf_module(m, name))
+        return super().call_module(m, forward, args, kwargs)
+
+
 def trace(model: nn.Module, rule: str) -> fx.GraphModule:
-    """``fx.symbolic_trace`` with a clear error for untraceable models."""
+    """``fx.symbolic_trace`` with a clear error for untraceable models and composites."""
     try:
-        return fx.symbolic_trace(model)
+        tracer = _Tracer(rule)
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    except UnsupportedModelError:
+        raise
     except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError, ...
         raise unsupported(
             rule, f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc}). "
