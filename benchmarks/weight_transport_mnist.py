@@ -47,8 +47,9 @@ def run(name: str, args: argparse.Namespace, data: tuple[torch.Tensor, ...]) -> 
     torch.manual_seed(args.seed)
     model = biograd.models.mlp(784, [256, 256, 256], 10, activation="tanh")
     hparams: dict[str, Any] = {}
-    if name == "kolen_pollack" and args.kp_decay_via == "rule":
-        hparams = {"weight_decay": args.kp_weight_decay}
+    if name == "kolen_pollack":  # the decay comes from the rule, or (rule's 0) the optimizer
+        via_rule = args.kp_decay_via == "rule"
+        hparams = {"weight_decay": args.kp_weight_decay if via_rule else 0.0}
     if name == "weight_mirror":
         given = {"mirror_lr": args.wm_mirror_lr, "mirror_batch_size": args.wm_mirror_batch}
         hparams = {k: v for k, v in given.items() if v is not None}

@@ -21,6 +21,17 @@ def _grads(rule: biograd.LearningRule) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in rule.model.named_parameters()}
 
 
+def _with_rule_decay(
+    rule: biograd.LearningRule, bp: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Backprop's gradients plus the weight decay the rule writes itself (Kolen-Pollack's
+    default: lambda W on every converted weight, P3's dW = -eta delta z^T - lambda W)."""
+    own = {id(p) for p in rule.rule_decayed_parameters()}
+    lam = getattr(rule, "weight_decay", 0.0)
+    return {n: bp[n] + lam * p.detach() if id(p) in own else bp[n]
+            for n, p in rule.model.named_parameters()}
+
+
 def _set_feedback_to_w_transpose(rule: biograd.LearningRule) -> None:
     with torch.no_grad():
         for layer in rule.layers:
@@ -36,7 +47,7 @@ def test_feedback_equal_to_w_transpose_is_backprop(kind: str, name: str) -> None
     extra = {"mirror_steps": 0} if name == "weight_mirror" else {}
     rule = biograd.create_rule(name, model, **extra)
     _set_feedback_to_w_transpose(rule)
-    bp = backprop_gradients(rule, x, y)
+    bp = _with_rule_decay(rule, backprop_gradients(rule, x, y))
     rule.step(x, y)
     for n, g in _grads(rule).items():
         torch.testing.assert_close(g, bp[n], msg=n)
@@ -232,7 +243,8 @@ def test_kolen_pollack_feedback_grad_is_exactly_w_grad_transposed(input_grad: bo
     """On a graph model: every B whose layer's input needs a gradient gets W.grad^T exactly;
     only the data layer (``inp``) gets none, and only when the input needs no gradient."""
     model, x, y = make_model("graph")
-    rule = biograd.create_rule("kolen_pollack", model)
+    with pytest.warns(UserWarning, match="weight_decay=0"):  # without decay: W.grad^T exactly
+        rule = biograd.create_rule("kolen_pollack", model, weight_decay=0.0)
     rule.step(x.requires_grad_(input_grad), y)
     for layer in rule.layers:
         w, b = layer.module.weight, rule.feedback.get(layer.key)
@@ -486,7 +498,8 @@ def test_kolen_pollack_shared_layer_gets_b_update_from_the_calls_that_use_b() ->
     torch.manual_seed(0)
     model = _SharedLayerNet().double()
     x, y = torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
-    rule = biograd.create_rule("kolen_pollack", model)
+    with pytest.warns(UserWarning, match="weight_decay=0"):  # B.grad without the decay term
+        rule = biograd.create_rule("kolen_pollack", model, weight_decay=0.0)
     keys = {layer.path: layer.key for layer in rule.layers}
     with torch.no_grad():
         rule.feedback.get(keys["head"]).copy_(model.head.weight.t())
@@ -531,7 +544,7 @@ def test_converting_the_rule_after_a_step_uses_the_converted_tensors(name: str, 
     _set_feedback_to_w_transpose(rule)
     rule.zero_grad(set_to_none=True)
     x = x.double()
-    bp = backprop_gradients(rule, x, y)
+    bp = _with_rule_decay(rule, backprop_gradients(rule, x, y))
     rule.step(x, y)
     for n, p in rule.model.named_parameters():
         assert p.grad.dtype == torch.float64

@@ -47,6 +47,10 @@ class LearningRule(nn.Module, abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    #: The keyword of a hyper-parameter that *is* the network's weight decay and that the rule
+    #: applies itself, in ``.grad`` (Kolen-Pollack: ``"weight_decay"``, P3's lambda on W and B).
+    #: The runner passes its ``weight_decay`` config there unless ``rule_args`` sets it.
+    WEIGHT_DECAY_HPARAM: ClassVar[str | None] = None
 
     def __init__(self, model: nn.Module, loss: str | LossFn = "cross_entropy") -> None:
         super().__init__()
@@ -88,15 +92,31 @@ class LearningRule(nn.Module, abc.ABC):
         yield from self.forward_parameters()
         yield from self.feedback_parameters()
 
+    def rule_decayed_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose weight decay the rule writes into ``.grad`` itself (Kolen-Pollack's
+        W and B); :meth:`param_groups` gives them ``weight_decay=0`` so that an optimizer built
+        with a ``weight_decay`` does not decay them twice. Empty for most rules."""
+        return []
+
     def param_groups(self, feedback_lr: float | None = None) -> list[dict[str, Any]]:
-        """Two optimizer groups (forward, feedback); feedback gets ``feedback_lr`` if given."""
-        groups: list[dict[str, Any]] = [{"params": self.forward_parameters(), "name": "forward"}]
-        fb = self.feedback_parameters()
-        if fb:
-            group: dict[str, Any] = {"params": fb, "name": "feedback"}
-            if feedback_lr is not None:
-                group["lr"] = feedback_lr
-            groups.append(group)
+        """Optimizer groups: forward parameters first, then feedback parameters (``feedback_lr``
+        if given). Parameters the rule decays itself (:meth:`rule_decayed_parameters`) go into
+        their own groups, ``"forward/rule_decay"`` and ``"feedback/rule_decay"``, pinned to
+        ``weight_decay=0``."""
+        own = {id(p) for p in self.rule_decayed_parameters()}
+        groups: list[dict[str, Any]] = []
+        for kind, params in (("forward", self.forward_parameters()),
+                             ("feedback", self.feedback_parameters())):
+            extra: dict[str, Any] = {}
+            if kind == "feedback" and feedback_lr is not None:
+                extra["lr"] = feedback_lr
+            plain = [p for p in params if id(p) not in own]
+            decayed = [p for p in params if id(p) in own]
+            if plain or kind == "forward":
+                groups.append({"params": plain, "name": kind, **extra})
+            if decayed:
+                groups.append({"params": decayed, "name": f"{kind}/rule_decay",
+                               "weight_decay": 0.0, **extra})
         return groups
 
     # ----------------------------------------------------------------- diagnostics hooks

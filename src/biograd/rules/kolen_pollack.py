@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -11,6 +13,9 @@ from biograd.core.registry import register_rule
 from biograd.ops.convert import FeedbackLayer
 from biograd.rules._backward import BackwardReplacementRule
 
+#: P3's weight decay (Akrout et al. 2019, ImageNet ResNets: 1e-4 on every weight and on B).
+P3_WEIGHT_DECAY = 1e-4
+
 
 @register_rule(
     "kolen_pollack",
@@ -19,15 +24,24 @@ from biograd.rules._backward import BackwardReplacementRule
     supports=("mlp", "cnn", "resnet", "graph"),
 )
 class KolenPollack(BackwardReplacementRule):
-    """FA-style backward through learned B that receives the transposed update of W.
+    """FA-style backward through learned B that receives the transposed update of W, with
+    P3's weight decay on W and B applied by the rule.
 
-    P3: dW = -eta delta z^T - lambda W, dB = -eta z delta^T - lambda B, so W - B^T decays as
-    (1 - eta lambda)^t and B aligns with W^T from a random start (needs lambda > 0). Here
-    ``step`` writes B.grad = (W.grad)^T exactly (B is an ``nn.Parameter`` in
-    ``feedback_parameters()``), and the decay comes EITHER from the user's optimizer
-    (``weight_decay`` applied to both groups, the usual way) OR from this rule's
-    ``weight_decay`` hparam, which adds lambda W to W.grad and lambda B to B.grad of every
-    converted layer (then leave the optimizer's decay at 0). B starts as FA's random init.
+    P3 (section 4, eq. for the KP updates): dW = -eta delta z^T - lambda W,
+    dB = -eta z delta^T - lambda B, so W - B^T decays as (1 - eta lambda)^t and B aligns with
+    W^T from a random start; without lambda, W - B^T never shrinks and the rule is feedback
+    alignment with a transposed-update twist. Here ``step`` writes B.grad = (W.grad)^T exactly
+    (B is an ``nn.Parameter`` in ``feedback_parameters()``) and adds ``weight_decay`` lambda:
+    lambda W to W.grad and lambda B to B.grad of every converted layer, so any optimizer (rate
+    eta) applies P3's update. The default lambda = 1e-4 is P3's (the network's weight decay in
+    its ImageNet runs: SGD lr 0.1, ~450k steps, so lr * lambda * steps ~ 4.5; a shorter run
+    needs a larger lambda for the same shrinkage of W - B^T, docs/algorithms/backward.md).
+
+    Do not also decay these W and B in the optimizer: :meth:`param_groups` puts them in groups
+    pinned to ``weight_decay=0`` (:meth:`rule_decayed_parameters`), and the runner hands its
+    ``weight_decay`` config to this rule (``WEIGHT_DECAY_HPARAM``). ``weight_decay=0`` must be
+    asked for explicitly and warns: then the decay has to come from an optimizer that decays
+    W and B identically (``torch.optim.SGD(rule.parameters(), weight_decay=...)``).
 
     A ``B`` that carries no error (its layer's input needs no gradient: the first layer of a
     network fed with data) takes no part in learning, so by default it gets no update (its
@@ -37,19 +51,39 @@ class KolenPollack(BackwardReplacementRule):
     step: on an MLP 784-256-256-256-10 that B holds 60% of all feedback entries.
     """
 
+    #: the rule's ``weight_decay`` is the network's weight decay (P3's lambda on W and B)
+    WEIGHT_DECAY_HPARAM = "weight_decay"
+
     def __init__(
         self,
         model: nn.Module,
         loss: str | LossFn = "cross_entropy",
         *,
-        weight_decay: float = 0.0,
+        weight_decay: float = P3_WEIGHT_DECAY,
         train_unused_feedback: bool = False,
         allow_backprop: tuple[type[nn.Module] | str, ...] = (),
     ) -> None:
         super().__init__(model, loss, allow_backprop)
         self.weight_decay = positive(self.name, "weight_decay", weight_decay, allow_zero=True)
+        if self.weight_decay == 0:
+            warnings.warn(
+                "kolen_pollack with weight_decay=0: the rule adds no decay, so W - B^T only "
+                "shrinks if your optimizer decays W and B identically (P3's lambda); with a "
+                "plain optimizer this is feedback alignment whose B gets W's transposed updates. "
+                f"Leave weight_decay at its default ({P3_WEIGHT_DECAY:g}, P3's) to get P3's "
+                "Kolen-Pollack.", UserWarning, stacklevel=2,
+            )
         self.train_unused_feedback = flag(self.name, "train_unused_feedback", train_unused_feedback)
         self.init_random_feedback(as_parameter=True)
+
+    def rule_decayed_parameters(self) -> list[nn.Parameter]:
+        """W and B of every converted layer when ``weight_decay > 0`` (the rule decays them)."""
+        if self.weight_decay == 0:
+            return []
+        out: list[nn.Parameter] = []
+        for layer in self.layers:
+            out += [layer.module.weight, self.feedback.get(layer.key)]  # type: ignore[list-item]
+        return out
 
     def layer_feedback(self, layer: FeedbackLayer) -> Tensor:
         return self.feedback.get(layer.key)

@@ -23,7 +23,7 @@ from biograd.runner.config import Config
 from biograd.runner.data import RunData, load_data
 from biograd.runner.device import fork_rng, resolve_device
 from biograd.runner.models import build_model
-from biograd.runner.train import make_optimizer
+from biograd.runner.train import make_optimizer, rule_args_of
 
 #: Seconds per timed block (each rule's and backprop's).
 BLOCK_SECONDS = 0.05
@@ -43,7 +43,7 @@ def rule_on_first_batch(
     torch.manual_seed(sub.seed)
     model = build_model(sub.model, data.input_shape, data.num_classes, sub.model_args)
     rule = create_rule(rule_name or sub.rule, model.to(device), loss=sub.loss,
-                       **(sub.rule_args if rule_args is None else rule_args))
+                       **(rule_args_of(sub) if rule_args is None else rule_args))
     x = data.train_x[: sub.batch_size].to(device)
     y = data.train_y[: sub.batch_size].to(device)
     return rule, x, y

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from biograd.core.errors import CheckpointError, ConfigError
-from biograd.core.registry import create_rule
+from biograd.core.registry import create_rule, rule_info
 from biograd.core.rule import LearningRule
 from biograd.runner import rundir
 from biograd.runner.config import Config
@@ -39,13 +39,33 @@ def run_dir_of(cfg: Config) -> Path:
     return Path(cfg.out_dir) / name
 
 
+def rule_args_of(cfg: Config) -> dict[str, Any]:
+    """``cfg.rule_args``, plus the run's ``weight_decay`` for a rule that applies the network's
+    weight decay itself (``WEIGHT_DECAY_HPARAM``: Kolen-Pollack's lambda on W and B) unless
+    ``rule_args`` sets it; a run with ``weight_decay=0`` keeps the rule's own default."""
+    args = dict(cfg.rule_args)
+    key = rule_info(cfg.rule).cls.WEIGHT_DECAY_HPARAM
+    if key is not None and cfg.weight_decay > 0 and key not in args:
+        args[key] = cfg.weight_decay
+    return args
+
+
 def make_optimizer(cfg: Config, rule: LearningRule) -> torch.optim.Optimizer:
     """SGD or Adam over ``rule.param_groups(feedback_lr)``; feedback weight decay defaults to
-    ``weight_decay`` (so Kolen-Pollack's B decays like W unless told otherwise)."""
+    ``weight_decay``. Parameters the rule decays itself (Kolen-Pollack's W and B) are in groups
+    pinned to ``weight_decay=0``; ``feedback_weight_decay`` cannot reach them (ConfigError)."""
     groups = rule.param_groups(cfg.feedback_lr)
-    for group in groups[1:]:
-        if cfg.feedback_weight_decay is not None:
-            group["weight_decay"] = cfg.feedback_weight_decay
+    if cfg.feedback_weight_decay is not None:
+        if any(g["name"] == "feedback/rule_decay" for g in groups):
+            raise ConfigError(
+                f"config key 'feedback_weight_decay': rule {cfg.rule!r} applies its own weight "
+                f"decay to its feedback weights (rule_args.{rule.WEIGHT_DECAY_HPARAM}), so "
+                f"feedback_weight_decay would not reach them; drop it, or set "
+                f"--rule_args.{rule.WEIGHT_DECAY_HPARAM}=0 to let the optimizer decay them"
+            )
+        for group in groups:
+            if group["name"] == "feedback":
+                group["weight_decay"] = cfg.feedback_weight_decay
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -113,7 +133,7 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
     data = load_data(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.model_args)
-    rule = create_rule(cfg.rule, model.to(ddp.device), loss=cfg.loss, **cfg.rule_args)
+    rule = create_rule(cfg.rule, model.to(ddp.device), loss=cfg.loss, **rule_args_of(cfg))
     on_gpu = ddp.device.type == "cuda"
     opt = make_optimizer(cfg, rule)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
