@@ -125,15 +125,25 @@ class TargetPropagationRule(LearningRule):
         self.difference_correction = bool(difference_correction)
         checks.choice(self.name, "feedback_activation", feedback_activation,
                       tuple(FEEDBACK_ACTIVATIONS))
-        self.feedback = nn.ModuleList(
-            make_feedback(b, self.generator, feedback_activation) for b in self.blocks[1:]
-        )
-        self._optims = [
-            torch.optim.SGD(list(fb.parameters()), lr=lr, momentum=m)
-            for fb, lr in zip(self.feedback, self.feedback_lr, strict=True)
-        ]
+        self.feedback_momentum = m
+        self.feedback = self.build_feedback(feedback_activation)
+        self._optims = self.build_optimizers()
         names = {id(mod): name for name, mod in model.named_modules()}
         self.layer_names = [names.get(id(b.layer), f"block{i}") for i, b in enumerate(self.blocks)]
+
+    def build_feedback(self, feedback_activation: str) -> nn.ModuleList:
+        """Layer-wise feedback blocks ``g_l`` for blocks ``1..L-1`` (subclasses with another
+        feedback pathway, e.g. DDTP's direct maps in ``rules/_ddtp.py``, override this)."""
+        return nn.ModuleList(
+            make_feedback(b, self.generator, feedback_activation) for b in self.blocks[1:]
+        )
+
+    def build_optimizers(self) -> list[torch.optim.Optimizer]:
+        """One SGD(momentum) optimizer per feedback block, with that layer's rate."""
+        return [
+            torch.optim.SGD(list(fb.parameters()), lr=lr, momentum=self.feedback_momentum)
+            for fb, lr in zip(self.feedback, self.feedback_lr, strict=True)
+        ]
 
     # ----------------------------------------------------------------- phases
     def forward_trace(self, x: Tensor) -> TPTrace:
