@@ -10,11 +10,13 @@ over the hidden value nodes (inputs are clamped; the output node is its predicti
 Weights descend F too: dF/dtheta_v = -J_{theta_v}^T e_v (Eq. 4), written into ``.grad`` scaled
 by 1/beta so that it estimates dL/dtheta.
 
-:class:`PCInference` evaluates the whole graph at every step (standard inference learning, and
-Z-IL when its conditions are broken). :func:`zil_frontier` is Z-IL's schedule when C1-C3 hold
-on a levelled graph: then only the vertices at level t have errors that matter at step t, and
+:class:`PCInference` is the PC dynamics: it evaluates the whole graph at every step (standard
+inference learning; Z-IL's full dynamics, the evidence for P5's claim). :func:`zil_frontier`
+is an event-driven implementation of Z-IL's dynamics, valid only when C1-C3 hold on a
+levelled graph: then only the vertices at level t have errors that matter at step t, and
 e_v(t = level v) = -dL/dmu_v exactly (P5 Thm. 1), so each step is one vector-Jacobian product
-per frontier vertex through the autograd graph recorded in the forward pass.
+per frontier vertex through the autograd graph recorded in the forward pass (autograd's own
+backward operations, level by level).
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Sequence models written as plain, fx-traceable ``nn.Module``s (P5's RNN / LSTM /
 transformer experiments): loops run over a stored sequence length, so ``torch.fx`` unrolls
 them, and the cell's weights are tied across time (the same ``nn.Linear`` called per step).
+Every operation is elementary (``nn.Linear``, ``nn.LayerNorm``, tensor functions): the
+composite ``nn.LSTM`` / ``nn.MultiheadAttention`` would each be one vertex of a PC graph,
+which :mod:`biograd.graph` refuses (their update would be backprop through the whole block).
 
 Inputs are float tensors of shape (batch, seq_len, features); outputs are class logits.
 """
