@@ -17,7 +17,8 @@ from biograd.runner.reproduce_report import (
     plot_layer_angles,
 )
 
-TP = ("dtp", "drl", "ldrl")
+#: arms L-DRL's update angle is compared with; P2's "DRL" baselines are s-DDTP and p-DDTP
+TP = ("dtp", "drl", "ldrl", "s_ddtp", "p_ddtp")
 
 
 def final_angle(ctx: Context, exp: str, arm: str) -> float:
