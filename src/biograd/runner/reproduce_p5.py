@@ -170,14 +170,18 @@ def report(ctx: Context) -> Section:
             f"{v:.2e}" if v == v else "nan (overflow)" for v in row.values()) + " |")
     lines += ["", "float64 agrees to rounding. In float32 the full dynamics lose digits in the "
               "PC error x_v - mu_v itself, a difference of two nearly equal value nodes (the "
-              "errors of a batch-mean loss are small next to the activations), so their "
-              "float32 difference to autograd is larger than the fast path's. The gamma = 1 "
-              "dynamics diverge behind the error wave (vertices already used keep moving), "
-              "which never reaches a later update; without levelling, errors arriving through "
-              "a skip edge meet the other branch's at the wrong step, so only graphs with "
-              "skips (ResNet, LSTM cell state, transformer residuals) lose exactness; gamma = "
-              "0.5 scales level-k updates by 0.5^k; a perturbed start gives nonzero errors "
-              "everywhere at t = 0.", "",
+              "errors of a batch-mean loss are small next to the activations). The fast path "
+              "performs autograd's operations, so its difference to the full dynamics is the "
+              "full dynamics' difference to autograd up to the normalisation: the columns "
+              "agree, as they must. The gamma = 1 dynamics diverge behind the error wave "
+              "(vertices already used keep moving), which never reaches a later update. "
+              "Breaking a condition lets that divergence act before an update: without "
+              "levelling, errors arriving through a skip edge meet the other branch's at the "
+              "wrong step (only graphs with skips lose exactness: ResNet, the LSTM's cell "
+              "state, the transformer's residuals); a perturbed start (noise 0.1 on every "
+              "value node) gives nonzero errors everywhere at t = 0; on the long LSTM and "
+              "transformer graphs both grow until they overflow (nan). gamma = 0.5 scales the "
+              "level-k updates by 0.5^k.", "",
               "## Cost per update (P5 Table 2)", "",
               f"Median CPU milliseconds of one update, batch {cost_batch}, one thread: BP, "
               f"Z-IL's fast path and IL over {repeats} repeats, interleaved; the full dynamics "
