@@ -47,20 +47,94 @@ class DirectSignal:
     """DFA's broadcast: the output error ``e_L`` captured by a hook on the model output.
 
     Every converted layer's input then receives ``B e_L`` reshaped to the input's shape
-    (Nokland 2016, eq. delta_l = (B_l e_L) * f'(h_l)).
+    (Nokland 2016, eq. delta_l = (B_l e_L) * f'(h_l)). Two ways of giving it (see
+    docs/algorithms/backward.md, "Direct feedback alignment"):
+
+    - ``cut_inputs=False`` (DFA's ``skips="propagate"``): the layer's op returns ``B e_L`` as its
+      input's gradient, and autograd adds it to whatever else reaches that tensor (a skip).
+    - ``cut_inputs=True`` (``skips="pure"``): every converted layer's input is a *cut point*
+      (:meth:`inject`): its gradient is REPLACED by the sum of ``B_k e_L`` over the converted
+      layers reading it, so nothing else (no skip, no other consumer) sends it error.
+
+    A layer whose op pads its input first (``Conv2dHandler.prepare_input``) gets ``B e_L`` at its
+    own input, before the padding, in both modes (also through :meth:`inject`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cut_inputs: bool = False) -> None:
         self.error: Tensor | None = None
+        self.cut_inputs = cut_inputs
+        #: this step's cut points, keyed by the id of the tensor (held so the id stays unique)
+        self._points: dict[int, tuple[Tensor, _InjectAt]] = {}
 
     def capture(self, grad: Tensor) -> None:
         self.error = grad
 
-    def input_grad(self, feedback: Tensor, x_shape: torch.Size) -> Tensor:
+    def reset(self) -> None:
+        """Forget the last step's error and cut points (called at each step's start)."""
+        self.error = None
+        self._points.clear()
+
+    def release(self) -> None:
+        """Drop the references to this step's layer inputs (called after the backward pass)."""
+        self._points.clear()
+
+    def project(self, feedback: Tensor, x_shape: torch.Size) -> Tensor:
+        """``B e_L`` (``e_L @ B^T`` per sample) reshaped to ``x_shape``."""
         if self.error is None:
             raise RuntimeError("DFA: the output error was not captured before the layer's backward")
         e = self.error.reshape(self.error.shape[0], -1)
         return (e @ feedback.t()).reshape(x_shape)
+
+    def input_grad(self, feedback: Tensor, x_shape: torch.Size) -> Tensor:
+        """What a layer's op returns as its input's gradient (``B e_L``)."""
+        return self.project(feedback, x_shape)
+
+    def inject(self, x: Tensor, feedback: Tensor) -> None:
+        """Give ``B e_L`` to ``x`` itself through a gradient hook on ``x`` (the op then returns
+        a zero input gradient, :data:`ZERO_INPUT`). With ``cut_inputs`` the hook replaces the
+        gradient ``x`` collects by the sum over its converted readers (one hook per tensor per
+        step); otherwise it adds this layer's ``B e_L`` to it."""
+        if not x.requires_grad:
+            return
+        if not self.cut_inputs:
+            x.register_hook(_InjectAt(self, [feedback], replace=False))
+            return
+        entry = self._points.get(id(x))
+        if entry is not None and entry[0] is x:
+            entry[1].feedback.append(feedback)
+            return
+        point = _InjectAt(self, [feedback], replace=True)
+        self._points[id(x)] = (x, point)
+        x.register_hook(point)
+
+
+class _InjectAt:
+    """The gradient hook of :meth:`DirectSignal.inject`: ``sum_k B_k e_L`` replacing (a cut
+    point) or added to the gradient the tensor collects."""
+
+    __slots__ = ("feedback", "replace", "signal")
+
+    def __init__(self, signal: DirectSignal, feedback: list[Tensor], replace: bool) -> None:
+        self.signal, self.feedback, self.replace = signal, feedback, replace
+
+    def __call__(self, grad: Tensor) -> Tensor:
+        total = None if self.replace else grad
+        for b in self.feedback:
+            g = self.signal.project(b, grad.shape)
+            total = g if total is None else total + g
+        return total  # type: ignore[return-value]
+
+
+class _ZeroInput:
+    """The ``direct`` a layer's op gets when its ``B e_L`` is injected at its input instead:
+    the op's own input gradient is a zero (expanded, no allocation)."""
+
+    @staticmethod
+    def input_grad(feedback: Tensor, x_shape: torch.Size) -> Tensor:
+        return feedback.new_zeros(()).expand(x_shape)
+
+
+ZERO_INPUT: Any = _ZeroInput()
 
 
 class FeedbackFunction(torch.autograd.Function):
@@ -159,9 +233,12 @@ class FeedbackHandler(abc.ABC):
         scale: float = 1.0,
     ) -> Tensor:
         """``module(x)`` whose backward sends the error through ``scale * feedback``."""
-        x = self.prepare_input(module, x)
+        xp = self.prepare_input(module, x)
+        if direct is not None and (direct.cut_inputs or xp is not x):
+            direct.inject(x, feedback)  # B e_L enters at the layer's own input (before padding)
+            direct = ZERO_INPUT
         weight, bias = module.weight, module.bias  # type: ignore[union-attr]
-        return FeedbackFunction.apply(x, weight, bias, feedback, self.op(module), direct, scale)
+        return FeedbackFunction.apply(xp, weight, bias, feedback, self.op(module), direct, scale)
 
     def bind(
         self,

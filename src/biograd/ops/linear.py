@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from biograd.ops.feedback import (
+    ZERO_INPUT,
     DirectSignal,
     FeedbackHandler,
     LayerOp,
@@ -100,6 +101,9 @@ class LinearHandler(FeedbackHandler):
         scale: float = 1.0,
     ) -> Tensor:
         if x.dim() == 2:  # the fast path, called directly
+            if direct is not None and direct.cut_inputs:  # pure DFA: B e_L at a cut point
+                direct.inject(x, feedback)
+                direct = ZERO_INPUT
             weight, bias = module.weight, module.bias  # type: ignore[union-attr]
             return _apply(x, weight, bias, feedback, scale, direct)  # type: ignore[arg-type]
         return super().forward(module, x, feedback, direct, scale)

@@ -13,6 +13,12 @@ way; for an MLP on data the first layer's ``B`` is most of all feedback entries)
 :meth:`feedback_weight_pairs` (hence the feedback-vs-forward angles) lists the used layers.
 The decision is per call: a layer called several times in one step (shared weights) gets
 Kolen-Pollack's ``B`` update from the calls whose input needs a gradient.
+
+No silent backprop. A converted layer's parameter reached by anything but the layer's own call
+(``F.linear(h, self.fc.weight)``, a tied readout) would be trained by autograd through the true
+weights. The first ``step`` inspects its autograd graph once (:mod:`biograd.ops.autograd_paths`)
+and raises :class:`~biograd.core.errors.UnsupportedModelError` naming the parameter and the
+module that used it; later steps skip the check (``check_paths``).
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from biograd.core.checks import choice
 from biograd.core.losses import LossFn
 from biograd.core.rule import LearningRule, StepResult
+from biograd.ops.autograd_paths import StepRecord
 from biograd.ops.convert import (
     FeedbackLayer,
     check_allow_backprop,
@@ -91,6 +99,24 @@ class BackwardReplacementRule(LearningRule):
         self._state = StepState()
         #: the converted layers' forwards, built once (see :meth:`_layer_forward`)
         self._forwards: list[Callable[[Tensor], Tensor]] | None = None
+        self._check_paths = "first_step"
+        self._paths_pending = True
+
+    CHECK_PATHS = ("first_step", "every_step", "off")
+
+    @property
+    def check_paths(self) -> str:
+        """When a step inspects its autograd graph for parameters of converted layers reached
+        outside the layers' own calls (silent backprop, an error): ``"first_step"`` (default:
+        once, at the next step; the graph's structure is the model's), ``"every_step"`` (for
+        forwards whose structure changes with the data; costs a Python pass over the graph per
+        step) or ``"off"``."""
+        return self._check_paths
+
+    @check_paths.setter
+    def check_paths(self, value: str) -> None:
+        self._check_paths = choice(self.name, "check_paths", value, self.CHECK_PATHS)
+        self._paths_pending = value != "off"
 
     # ----------------------------------------------------------------- subclass hooks
     @abc.abstractmethod
@@ -114,6 +140,10 @@ class BackwardReplacementRule(LearningRule):
     def check_layer_input(self, layer: FeedbackLayer, x: Tensor) -> None:
         """Called with each input that sends error through ``layer``'s feedback, before the op
         (DFA checks that the input fits its feedback matrix)."""
+
+    def check_graph(self, record: StepRecord, output: Tensor) -> None:
+        """Called at a step whose graph is inspected (``check_paths``), after the check for
+        silent backprop, with the step's record (pure DFA checks that its cuts hold)."""
 
     # ----------------------------------------------------------------- the contract
     def feedback_in_use(self, layer: FeedbackLayer) -> bool:
@@ -173,10 +203,20 @@ class BackwardReplacementRule(LearningRule):
         state.direct = direct = self.direct_signal()
         if self._forwards is None:
             self._forwards = [self._layer_forward(layer) for layer in self.layers]
-        with swapped_forwards(self.layers, self._forwards):
-            out = self.model(x)
+        if self._paths_pending:
+            with swapped_forwards(self.layers, self._forwards), \
+                    StepRecord(self.model, self.layers) as record:
+                out = self.model(x)
+        else:
+            record = None
+            with swapped_forwards(self.layers, self._forwards):
+                out = self.model(x)
         self.check_labels(out, y)
         loss = self.loss_fn(out, y)
+        if record is not None:
+            record.silent_backprop(self.name, loss)
+            self.check_graph(record, out)
+            self._paths_pending = self._check_paths == "every_step"
         if direct is not None:
             out.register_hook(direct.capture)
         loss.backward()
