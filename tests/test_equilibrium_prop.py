@@ -256,3 +256,32 @@ def test_update_alignment_is_small_when_the_estimate_is_exact() -> None:
                                free_steps=400, nudged_steps=400)
     angles = biograd.metrics.update_alignment(rule, x, y)
     assert max(angles.values()) < 5.0, angles
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_nudged_dynamics_descend_the_total_energy_with_a_nonlinear_output(loss) -> None:
+    """One Euler step of the nudged phase is s <- s - eps dF/ds with F = sum_i (E_i + beta C_i)
+    (Scellier & Bengio 2017, Eq. 2-3), so the nudge on s_L is beta rho_L'(s_L) dC_i/drho_L.
+    A sigmoid output (rho' != 1) and sigmoid hidden units check the rho' factors; the oracle is
+    autograd of F written out here."""
+    from biograd.core.losses import get_loss
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Sigmoid(), nn.Linear(6, 3), nn.Sigmoid()).double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    y = torch.tensor([0, 2, 1, 2])
+    beta, eps = 0.7, 0.1
+    rule = biograd.create_rule("equilibrium_prop", model, loss=loss, step_size=eps)
+    g = torch.Generator().manual_seed(3)
+    start = [torch.randn(4, n, generator=g, dtype=torch.float64) for n in (6, 3)]
+    lins = [model[0], model[2]]
+    with torch.enable_grad():
+        s = [t.clone().requires_grad_(True) for t in start]
+        r1, r2 = torch.sigmoid(s[0]), torch.sigmoid(s[1])
+        energy = 0.5 * (s[0] ** 2).sum() + 0.5 * (s[1] ** 2).sum()
+        energy = energy - (r1 * lins[0](x)).sum() - (r2 * lins[1](r1)).sum()
+        total = energy + beta * x.shape[0] * get_loss(loss)(r2, y)  # C: a batch mean
+        grads = torch.autograd.grad(total, s)
+    res = rule._relax(x, y, start, beta, steps=1)
+    for got, s0, gr in zip(res.states, start, grads, strict=True):
+        torch.testing.assert_close(got, s0 - eps * gr)

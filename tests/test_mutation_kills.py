@@ -40,23 +40,24 @@ def test_target_prop_top_layer_update_is_the_backprop_gradient(
 
 
 def test_every_mutant_still_targets_code_that_exists() -> None:
-    """scripts/mutation_check.py edits code by exact text: a mutant whose original text no
-    longer occurs exactly once (after a refactor) would silently stop testing anything."""
+    """scripts/mutants.py edits code by exact text: a mutant whose original text no longer
+    occurs exactly once (after a refactor) would silently stop testing anything."""
     import importlib.util
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    script = root / "scripts" / "mutation_check.py"
+    script = root / "scripts" / "mutants.py"
     if not script.is_file():  # the mutation check's own working copy holds src/ and tests/ only
-        pytest.skip("scripts/mutation_check.py is not in this tree")
-    spec = importlib.util.spec_from_file_location("mutation_check", script)
+        pytest.skip("scripts/mutants.py is not in this tree")
+    spec = importlib.util.spec_from_file_location("mutants", script)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["mutation_check"] = module  # dataclasses look their module up there
+    sys.modules["mutants"] = module  # dataclasses look their module up there
     try:
         spec.loader.exec_module(module)
     finally:
-        del sys.modules["mutation_check"]
+        del sys.modules["mutants"]
+    assert len({m.name for m in module.MUTANTS}) == len(module.MUTANTS), "duplicate names"
     for m in module.MUTANTS:
         count = (root / m.file).read_text().count(m.original)
         assert count == 1, f"mutant {m.name!r}: its original text occurs {count} times in {m.file}"

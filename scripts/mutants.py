@@ -1,0 +1,338 @@
+"""The mutants of scripts/mutation_check.py: one-line defects in the rules and their ops.
+
+A mutant is ``(name, kind, file, original text, replacement, targeted tests, core)``. The
+original text must occur exactly once in the file; ``tests`` is the pytest selection that
+should catch it (the rule's own test file(s) first, then the rule's contract tests via ``-k``);
+``core`` marks a defect in a rule's core equation (its update, target, error, nudge, energy or
+dynamics), which the CI gate never lets survive. Kinds: flipped sign, dropped factor, wrong
+operand (transposed or swapped feedback, the wrong state or tensor), skipped update, skipped
+check, stale state.
+
+Adding mutants for another area is one :func:`group` call: a file, a selection and rows of
+``(name, kind, core, original, replacement)``. An equivalent mutant (one that cannot change
+behaviour) is left out with a comment saying why, so it is not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+R = "src/biograd/rules/"
+O = "src/biograd/ops/"
+CORE, AUX = True, False
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    kind: str
+    file: str
+    original: str
+    replacement: str
+    tests: tuple[str, ...]
+    core: bool = False
+
+
+def sel(files: list[str], rule: str | None = None) -> tuple[str, ...]:
+    """``files`` in full, plus the contract tests of ``rule`` (``-k`` on the test ids)."""
+    if rule is None:
+        return (*files,)
+    return (*files, "tests/test_contract.py", "-k", f"not test_contract or {rule}")
+
+
+def group(file: str, tests: tuple[str, ...],
+          rows: list[tuple[str, str, bool, str, str]]) -> list[Mutant]:
+    """Mutants of one file sharing one selection; rows: (name, kind, core, original, new)."""
+    return [Mutant(name, kind, file, old, new, tests, core) for name, kind, core, old, new in rows]
+
+
+BACKWARD = ["tests/test_backward_rules.py", "tests/test_feedback_ops.py"]
+TP = ["tests/test_target_prop.py", "tests/test_inverse.py", "tests/test_mutation_kills.py"]
+AR = sel(["tests/test_activation_relaxation.py"], "activation_relaxation")
+EP = sel(["tests/test_equilibrium_prop.py"], "equilibrium_prop")
+PC = sel(["tests/test_predictive_coding.py", "tests/test_pc_fast_path.py"], "predictive_coding")
+LRA = sel(["tests/test_lra_e.py"], "lra_e")
+
+# ---------------------------------------------------------------------- backward replacement
+RUNNER = ["tests/test_runner.py::test_train_writes_the_run_directory"]
+MUTANTS = group(R + "backprop.py", sel(RUNNER, "backprop"), [
+    ("backprop: loss sign", "flipped sign", CORE, "loss.backward()", "(-loss).backward()"),
+])
+MUTANTS += group(O + "linear.py", sel(BACKWARD, "feedback_alignment"), [
+    ("linear feedback: input grad sign", "flipped sign", CORE,
+     "gx = grad_out.mm(feedback.t())", "gx = -grad_out.mm(feedback.t())"),
+    ("linear feedback: bias grad mean", "dropped factor", CORE,
+     "gb = grad_out.sum(0) if need_b else None", "gb = grad_out.mean(0) if need_b else None"),
+])
+MUTANTS += group(O + "linear.py", sel(BACKWARD, "kolen_pollack"), [
+    ("linear feedback: KP's B.grad skipped", "skipped update", CORE,
+     "gfb = gw.t().clone() if (need_fb and need_x) else None",
+     "gfb = torch.zeros_like(gw.t()) if (need_fb and need_x) else None"),
+    ("linear feedback: unused B trained anyway", "skipped check", AUX,
+     "gfb = gw.t().clone() if (need_fb and need_x) else None",
+     "gfb = gw.t().clone() if need_fb else None"),
+])
+MUTANTS += group(O + "linear.py", sel(BACKWARD, "weight_mirror"), [
+    ("weight mirror: estimate not transposed", "wrong operand", CORE,
+     "return (y.t() @ x).div_(n).t()", "return (y.t() @ x).div_(n)"),
+    ("weight mirror: estimate not divided by n", "dropped factor", CORE,
+     "return (y.t() @ x).div_(n).t()", "return (y.t() @ x).t()"),
+])
+MUTANTS += group(O + "conv.py", sel(BACKWARD, "weight_mirror"), [
+    ("conv mirror: not normalised", "dropped factor", CORE,
+     "return gw.div_(y.shape[2] * y.shape[3])", "return gw"),
+])
+MUTANTS += group(R + "sign_symmetry.py", sel(BACKWARD, "sign_symmetry"), [
+    ("sign_symmetry: sign(W) not transposed", "wrong operand", CORE,
+     "wt = layer.handler.transposed_weight(layer.module)", "wt = layer.module.weight"),
+    ("sign_symmetry: sign flipped", "flipped sign", CORE,
+     "torch.sign(wt, out=buf)", "torch.sign(wt, out=buf).neg_()"),
+])
+MUTANTS += group(R + "weight_mirror.py", sel(BACKWARD, "weight_mirror"), [
+    ("weight mirror: unused B mirrored anyway", "skipped check", AUX,
+     "if every or self.feedback_in_use(lay)]", "if True]"),
+    ("weight mirror: decay sign", "flipped sign", CORE,
+     "beta = lr * std * std / n, 1.0 - lr * self.mirror_decay",
+     "beta = lr * std * std / n, 1.0 + lr * self.mirror_decay"),
+    ("weight mirror: Rademacher noise off zero mean", "dropped factor", CORE,
+     "(self._BITS * 2 - 1).to(dtype)", "(self._BITS * 2).to(dtype)"),
+])
+MUTANTS += group(R + "kolen_pollack.py", sel(BACKWARD, "kolen_pollack"), [
+    ("kolen_pollack: weight decay sign", "flipped sign", CORE,
+     "p.grad.add_(p, alpha=self.weight_decay)", "p.grad.add_(p, alpha=-self.weight_decay)"),
+    ("kolen_pollack: B not decayed", "skipped update", CORE,
+     "for p in (layer.module.weight, self.feedback.get(layer.key)):",
+     "for p in (layer.module.weight,):"),
+])
+MUTANTS += group(R + "_backward.py", sel(BACKWARD, "kolen_pollack"), [
+    ("backward rules: unused-feedback leaf not made", "skipped update", AUX,
+     "x = x.detach().requires_grad_()", "pass"),
+])
+MUTANTS += group(R + "_backward.py", sel(BACKWARD, "feedback_alignment"), [
+    ("backward rules: feedback fetched once, not per step", "stale state", AUX,
+     "if memo[0] != state.step:", "if memo[1] is None:"),
+    ("backward rules: a copy keeps the original's forwards", "stale state", AUX,
+     'state["_forwards"] = None', "pass"),
+])
+MUTANTS += group(O + "feedback.py", sel(BACKWARD, "direct_feedback_alignment"), [
+    ("dfa: direct signal sign", "flipped sign", CORE,
+     "return (e @ feedback.t()).reshape(x_shape)", "return (-e @ feedback.t()).reshape(x_shape)"),
+    ("dfa: per-sample error instead of the loss gradient", "dropped factor", CORE,
+     "self.error = grad", "self.error = grad * grad.shape[0]"),
+    ("dfa: bias gradient skipped", "skipped update", CORE,
+     "_, gw, gb = ctx.op.backward(grad_out, x, weight, False, need_b)",
+     "_, gw, gb = ctx.op.backward(grad_out, x, weight, False, False)"),
+])
+MUTANTS += group(O + "feedback.py", sel(BACKWARD, "sign_symmetry"), [
+    ("feedback: input-gradient scale ignored", "dropped factor", AUX,
+     "if gx is not None and ctx.scale != 1.0:", "if False:"),
+])
+MUTANTS += group(R + "direct_feedback_alignment.py", sel(BACKWARD, "direct_feedback_alignment"), [
+    ("dfa: zero feedback", "skipped update", CORE,
+     "b = uniform((n_in, n_out), 1.0 / math.sqrt(n_in), self.generator)",
+     "b = uniform((n_in, n_out), 1.0 / math.sqrt(n_in), self.generator) * 0"),
+])
+
+# ---------------------------------------------------------------------- activation relaxation
+MUTANTS += group(R + "activation_relaxation.py", AR, [
+    ("activation_relaxation: batch mean dropped", "dropped factor", CORE,
+     "delta = post[i](acts[i]) / batch", "delta = post[i](acts[i])"),
+    ("activation_relaxation: update sign", "flipped sign", CORE,
+     "self.accumulate_grad(p, grads[k])", "self.accumulate_grad(p, -grads[k])"),
+    ("activation_relaxation: f' dropped from the relaxation only", "dropped factor", CORE,
+     "relaxation_residual(s, down[i + 1](post[i + 1](a)))",
+     "relaxation_residual(s, down[i + 1](a))"),
+    ("activation_relaxation: top held at the batch-mean gradient", "dropped factor", CORE,
+     "top = per_sample_output_grad(self.loss_fn, out, y)",
+     "top = per_sample_output_grad(self.loss_fn, out, y) / x.shape[0]"),
+])
+MUTANTS += group(R + "_ar_variants.py", AR, [
+    ("activation_relaxation: f' dropped", "dropped factor", CORE,
+     "return lambda v: d * v", "return lambda v: v"),
+    ("activation_relaxation: psi not transposed", "wrong operand", CORE,
+     "g = update.detach().transpose(0, 1).to(p.dtype)",
+     "g = update.detach().to(p.dtype).reshape(p.shape)"),
+    ("activation_relaxation: random variant uses W^T", "wrong operand", CORE,
+     "return self._b(index).detach().transpose(0, 1)", "return block.layer.weight.detach()"),
+    ("activation_relaxation: down message sign", "flipped sign", CORE,
+     "return lambda delta: (delta @ weight).reshape(shape)",
+     "return lambda delta: (-delta @ weight).reshape(shape)"),
+    ("activation_relaxation: dropped variant drops f' from the update", "dropped factor", CORE,
+     "return self.adjoint(block, h), super().adjoint(block, h)",
+     "return self.adjoint(block, h), self.adjoint(block, h)"),
+    ("activation_relaxation: dropped variant keeps f' in the relaxation", "skipped update", CORE,
+     "return pool if pool is not None else (lambda v: v)", "return super().adjoint(block, h)"),
+])
+MUTANTS += group(O + "energy.py", AR, [
+    ("activation_relaxation: leak halved", "dropped factor", CORE,
+     "return target - state", "return target - 0.5 * state"),
+])
+
+# ---------------------------------------------------------------------- equilibrium propagation
+MUTANTS += group(R + "equilibrium_prop.py", EP, [
+    ("equilibrium_prop: reference gradient of the feed-forward net", "skipped update", AUX,
+     "return self.blocks[-1].activation(self.free_phase(x, differentiable=True).states[-1])",
+     "return self.model(x)"),
+    ("equilibrium_prop: contrast scale", "dropped factor", CORE,
+     "            ) / scale\n", "            ) * scale\n"),
+    ("equilibrium_prop: contrast sign", "flipped sign", CORE,
+     "- hopfield_energy(s_b, x.detach(), weights, biases, acts).mean()",
+     "+ hopfield_energy(s_b, x.detach(), weights, biases, acts).mean()"),
+    ("equilibrium_prop: nudge sign", "flipped sign", CORE,
+     "grads[-1] = grads[-1] + beta * d_out * g", "grads[-1] = grads[-1] - beta * d_out * g"),
+    ("equilibrium_prop: nudge without rho'(s_L)", "dropped factor", CORE,
+     "grads[-1] = grads[-1] + beta * d_out * g", "grads[-1] = grads[-1] + beta * g"),
+    ("equilibrium_prop: nudge by the batch-mean gradient", "dropped factor", CORE,
+     "g = per_sample_output_grad(self.loss_fn, out, y)",
+     "g = per_sample_output_grad(self.loss_fn, out, y) / out.shape[0]"),
+    ("equilibrium_prop: symmetric estimator is one-sided", "wrong operand", CORE,
+     "return beta, -beta", "return beta, 0.0"),
+    ("equilibrium_prop: contrast against the free state", "wrong operand", CORE,
+     "self._write_update(xf, fixed[a], fixed[b], a - b)",
+     "self._write_update(xf, fixed[a], fixed[0.0], a - b)"),
+])
+MUTANTS += group(O + "energy.py", EP, [
+    ("hopfield: state gradient without top-down input", "skipped update", CORE,
+     "drive = up + rates[i + 1] @ weights[i + 1] if i + 1 < n else up", "drive = up"),
+    ("hopfield: state gradient without rho'", "dropped factor", CORE,
+     "grads.append(states[i] - derivs[i] * drive)", "grads.append(states[i] - drive)"),
+    ("hopfield: energy coupling sign", "flipped sign", CORE,
+     "energy = energy - (r * F.linear(prev, w, b)).sum(-1)",
+     "energy = energy + (r * F.linear(prev, w, b)).sum(-1)"),
+    ("energy ops: tanh derivative", "dropped factor", CORE,
+     "return r, 1.0 - r * r", "return r, 1.0 - r"),
+    ("energy ops: sigmoid derivative", "dropped factor", CORE,
+     "return r, r * (1.0 - r)", "return r, 1.0 - r"),
+    ("energy ops: mse output error sign", "flipped sign", CORE,
+     "return out - target", "return target - out"),
+    ("energy ops: generic per-sample gradient not times the batch", "dropped factor", AUX,
+     "return losses.output_error(loss, out, y) * out.shape[0]",
+     "return losses.output_error(loss, out, y)"),
+])
+MUTANTS += group("src/biograd/core/relax.py", EP, [
+    ("relax: reference phase not differentiable", "skipped update", AUX,
+     "with torch.enable_grad() if differentiable else torch.no_grad():",
+     "with torch.no_grad():"),
+    ("relax: tolerance test inverted", "skipped check", AUX,
+     "if tol is not None and biggest < tol:", "if tol is not None and biggest > tol:"),
+])
+
+# ---------------------------------------------------------------------- predictive coding
+MUTANTS += group(R + "predictive_coding.py", PC, [  # chains: the closed-form fast path
+    ("predictive_coding: no inference", "skipped update", CORE,
+     "res = relax(self._initial(inf.initial), inf.dynamics, steps=self.T,",
+     "res = relax(self._initial(inf.initial), inf.dynamics, steps=0,"),
+    ("predictive_coding: inference rate doubled", "dropped factor", CORE,
+     "step_size=self.gamma, momentum=self.momentum)",
+     "step_size=2 * self.gamma, momentum=self.momentum)"),
+    ("predictive_coding: 1/beta dropped", "dropped factor", CORE,
+     "final = inf.write_updates(res.states, self._write, scale=1.0 / self.beta)",
+     "final = inf.write_updates(res.states, self._write, scale=1.0)"),
+    ("predictive_coding: energy's beta ignored", "dropped factor", CORE,
+     "inf = ChainInference(self._stages, x, y, self.loss_fn, beta=self.beta)",
+     "inf = ChainInference(self._stages, x, y, self.loss_fn, beta=1.0)"),
+    ("predictive_coding: update at the unrelaxed state", "wrong operand", CORE,
+     "final = inf.write_updates(res.states, self._write, scale=1.0 / self.beta)",
+     "final = inf.write_updates(inf.initial, self._write, scale=1.0 / self.beta)"),
+])
+MUTANTS += group(R + "predictive_coding.py", PC, [  # other graphs: biograd.graph.inference
+    ("predictive_coding graph: no inference", "skipped update", CORE,
+     "res = relax(states, inf.dynamics, steps=self.T, step_size=self.gamma,",
+     "res = relax(states, inf.dynamics, steps=0, step_size=self.gamma,"),
+    ("predictive_coding graph: 1/beta dropped", "dropped factor", CORE,
+     "inf.write_updates(ops, res.states, self._write, scale=1.0 / self.beta)",
+     "inf.write_updates(ops, res.states, self._write, scale=1.0)"),
+    ("predictive_coding graph: energy's beta ignored", "dropped factor", CORE,
+     "inf = PCInference(graph, x, y, self.loss_fn, beta=self.beta)",
+     "inf = PCInference(graph, x, y, self.loss_fn, beta=1.0)"),
+])
+MUTANTS += group("src/biograd/core/relax.py", PC, [
+    ("relax: Euler step sign", "flipped sign", CORE,
+     "cur[i] = cur[i] + step_size * d", "cur[i] = cur[i] - step_size * d"),
+])
+
+# ---------------------------------------------------------------------- LRA-E
+MUTANTS += group(R + "lra_e.py", LRA, [
+    ("lra_e: batch mean dropped", "dropped factor", CORE,
+     "dw = e.T @ z / batch", "dw = e.T @ z"),
+    ("lra_e: error weights update sign", "flipped sign", CORE,
+     "self.accumulate_grad(self.error_weights[i - 1], self.gamma * dw.T)",
+     "self.accumulate_grad(self.error_weights[i - 1], -self.gamma * dw.T)"),
+    ("lra_e: error weights update without gamma", "dropped factor", CORE,
+     "self.accumulate_grad(self.error_weights[i - 1], self.gamma * dw.T)",
+     "self.accumulate_grad(self.error_weights[i - 1], dw.T)"),
+    ("lra_e: target from W^T instead of E", "wrong operand", CORE,
+     "d = errors[0] @ self.error_weights[i - 1].T",
+     "d = errors[0] @ self.blocks[i].layer.weight.detach()"),
+    ("lra_e: target from the post-activation", "wrong operand", CORE,
+     "lra_target(self.blocks[i - 1].activation, trace.pre[i - 1], d, self.beta)",
+     "lra_target(self.blocks[i - 1].activation, trace.outputs[i - 1], d, self.beta)"),
+    ("lra_e: error sign", "flipped sign", CORE,
+     "errors.insert(0, trace.outputs[i - 1] - t)", "errors.insert(0, t - trace.outputs[i - 1])"),
+    ("lra_e: bias update summed", "dropped factor", CORE,
+     "self.accumulate_grad(b.layer.bias, e.mean(0))",
+     "self.accumulate_grad(b.layer.bias, e.sum(0))"),
+])
+MUTANTS += group(O + "energy.py", LRA, [
+    ("lra_e: target nudge sign", "flipped sign", CORE,
+     "return act(h - beta * d)", "return act(h + beta * d)"),
+    ("lra_e: target without beta", "dropped factor", CORE,
+     "return act(h - beta * d)", "return act(h - d)"),
+])
+
+# ---------------------------------------------------------------------- target propagation
+MUTANTS += group(R + "_target_prop.py", sel(TP, "dtp"), [
+    ("target prop: top target sign", "flipped sign", CORE,
+     "targets = [top - beta * nudge]", "targets = [top + beta * nudge]"),
+    ("target prop: difference correction sign", "flipped sign", CORE,
+     "targets.insert(0, trace.inputs[l] + g_t - g_z)",
+     "targets.insert(0, trace.inputs[l] + g_z - g_t)"),
+    ("target prop: difference correction dropped", "skipped update", CORE,
+     "targets.insert(0, trace.inputs[l] + g_t - g_z)", "targets.insert(0, trace.inputs[l] + g_t)"),
+    ("target prop: 1/(2 beta) factor", "dropped factor", CORE,
+     ") / (2 * self.beta)", ") / self.beta"),
+    ("target prop: layer loss summed over the batch", "dropped factor", CORE,
+     "(z - t).pow(2).flatten(1).sum(1).mean()", "(z - t).pow(2).flatten(1).sum(1).sum()"),
+    ("target prop: feedback step guard ignored", "dropped factor", AUX,
+     "p.grad = None if g is None else g.detach() * scale",
+     "p.grad = None if g is None else g.detach()"),
+])
+MUTANTS += group(R + "_target_prop.py", sel(TP, "ldrl"), [
+    ("target prop: feedback never trained", "skipped update", CORE,
+     "                opt.step()\n", "                pass\n"),
+])
+MUTANTS += group(O + "tp_losses.py", sel(TP, "ldrl"), [
+    ("ldrl loss: lambda term sign", "flipped sign", CORE,
+     "return (-2.0 * (dx * dr_x).flatten(1).sum(1) + _sq(dr_y)).mean()",
+     "return (2.0 * (dx * dr_x).flatten(1).sum(1) + _sq(dr_y)).mean()"),
+    ("ldrl loss: factor 2 of the cross term", "dropped factor", CORE,
+     "return (-2.0 * (dx * dr_x).flatten(1).sum(1) + _sq(dr_y)).mean()",
+     "return (-1.0 * (dx * dr_x).flatten(1).sum(1) + _sq(dr_y)).mean()"),
+    ("tp losses: differences swapped", "wrong operand", CORE,
+     "dr_x, dr_y = dr.chunk(2)", "dr_y, dr_x = dr.chunk(2)"),
+    ("tp losses: forward noise sign", "flipped sign", CORE,
+     "torch.cat([f(x + dx), y + dy, y])", "torch.cat([f(x - dx), y + dy, y])"),
+])
+MUTANTS += group(O + "tp_losses.py", sel(TP, "drl"), [
+    ("drl loss: damping term sign", "flipped sign", CORE,
+     "return (_sq(dr_x - dx) + self.lam * _sq(dr_y)).mean() / sigma**2",
+     "return (_sq(dr_x - dx) - self.lam * _sq(dr_y)).mean() / sigma**2"),
+    ("drl loss: reconstruction sign", "flipped sign", CORE,
+     "return (_sq(dr_x - dx) + self.lam * _sq(dr_y)).mean() / sigma**2",
+     "return (_sq(dr_x + dx) + self.lam * _sq(dr_y)).mean() / sigma**2"),
+])
+MUTANTS += group(O + "tp_losses.py", sel(TP, "dtp"), [
+    ("dtp loss: reconstructs the clean input", "wrong operand", CORE,
+     "return _sq(g(yn, ctx) - xn).mean()", "return _sq(g(yn, ctx) - x).mean()"),
+    ("tp losses: top nudge is the batch-mean gradient", "dropped factor", CORE,
+     "return loss_grad * output.shape[0]", "return loss_grad"),
+])
+
+# ---------------------------------------------------------------------- exact PC on graphs
+MUTANTS += group("src/biograd/graph/inference.py",
+                 sel(["tests/test_zil.py", "tests/test_predictive_coding.py"], "zil"), [
+    ("zil: PC output error scaled", "dropped factor", CORE,  # write_updates' (20 spaces)
+     "\n                    (g,) = torch.autograd.grad(self.beta * self.loss_fn(m, self.y), m)",
+     "\n                    (g,) = torch.autograd.grad(2 * self.beta * self.loss_fn(m, self.y),"
+     " m)"),
+])
