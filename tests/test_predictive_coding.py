@@ -66,17 +66,33 @@ def test_without_inference_only_the_output_layer_learns() -> None:
             assert float(p.grad.abs().max()) == 0.0
 
 
-@pytest.mark.parametrize("kind,T", [("mlp", 400), ("graph", 1000)])
-def test_many_steps_and_weak_nudging_approach_backprop(kind: str, T: int) -> None:
-    """At the fixed point e_v = sum_c J_c^T e_c with e_out = -beta dL/dmu, so as beta -> 0
-    the errors / beta tend to -dL/dmu_v and the updates to backprop's (W&B 2017, Sec. 3)."""
-    model, x, y = make_model(kind)
-    model, x = model.double(), x.double()
-    rule = biograd.create_rule("predictive_coding", model, T=T, gamma=0.1, beta=1e-3)
-    bp = backprop_gradients(rule, x, y)
-    rule.step(x, y)
-    for n, p in model.named_parameters():
-        assert angle(p.grad, bp[n]) < 10.0, n
+@pytest.mark.parametrize(
+    "kind,T,gamma",
+    [("mlp", 300, 0.3), pytest.param("graph", 6000, 0.1, marks=pytest.mark.slow)],
+)
+def test_many_steps_and_weak_nudging_approach_backprop(kind: str, T: int, gamma: float) -> None:
+    """At the fixed point e_v = sum_c J_c^T e_c with e_out = -beta dL/dmu, the Jacobians taken
+    at values that differ from the feed-forward ones by O(beta); so the errors / beta are
+    -dL/dmu_v + O(beta) and the updates backprop's gradients up to a relative O(beta)
+    (W&B 2017, Sec. 3): once relaxed to the fixed point, halving beta halves the distance.
+    A relaxation stopped short leaves a distance that does not scale with beta (its rate is
+    set by gamma and the graph), so the ratio test also checks that T steps converged. The
+    graph's stiff modes allow gamma = 0.1 only (0.2 diverges), hence its 6000 steps (slow)."""
+    rel = {}
+    for beta in (1e-3, 5e-4):
+        model, x, y = make_model(kind)
+        model, x = model.double(), x.double()
+        rule = biograd.create_rule("predictive_coding", model, T=T, gamma=gamma, beta=beta)
+        bp = backprop_gradients(rule, x, y)
+        res = rule.step(x, y)
+        last, before = res.metrics[f"energy_{T - 1}"], res.metrics[f"energy_{T - 2}"]
+        assert abs(last - before) <= 1e-12 * last, "the energy is still falling"
+        rel[beta] = max(float((p.grad - bp[n]).norm() / bp[n].norm())
+                        for n, p in model.named_parameters())
+        for n, p in model.named_parameters():
+            assert angle(p.grad, bp[n]) < 1.0, n
+    assert rel[1e-3] < 10 * 1e-3, rel
+    assert 1.9 < rel[1e-3] / rel[5e-4] < 2.1, rel
 
 
 def test_inference_lowers_the_energy() -> None:
