@@ -150,16 +150,46 @@ def test_variants_round_trip_through_state_dict(backward) -> None:
         torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
 
 
-def test_cnn_random_backward_runs_and_differs_from_backprop() -> None:
+def _through_b(layer: nn.Module, z: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``layer(z)`` whose input gradient goes through weight ``b`` (forward layout) instead of
+    the layer's own: the value is the layer's, the weight and bias gradients use the true
+    input, and ``op(z, b) - op(z, b).detach()`` (zero) carries the input gradient."""
+    out = layer(z.detach()) if b is not None else layer(z)
+    if b is None:
+        return out
+    if isinstance(layer, nn.Conv2d):
+        fb = nn.functional.conv2d(z, b, None, layer.stride, layer.padding)
+    else:
+        fb = z @ b.T
+    return out + fb - fb.detach()
+
+
+def test_cnn_random_backward_fixed_point_is_backprop_through_b() -> None:
+    """Fixed random B (P4 Sec. 4.1): the activities relax to x_l = J_{l+1}(B)^T x_{l+1}, the
+    Jacobian of block l+1 (activation and pooling at the forward pass) with its weight
+    replaced by B_{l+1} in the input gradient only, so the update is autograd's gradient of a
+    network whose layers pass input gradients through B (feedback alignment's deltas)."""
     torch.manual_seed(0)
-    model = biograd.models.lenet(1, 4, image_size=8, channels=(3, 4), hidden=6)
-    x, y = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 3, 1])
-    rule = _rule(model, "cross_entropy", backward="learned")
+    model = biograd.models.lenet(1, 4, image_size=8, channels=(3, 4), hidden=6).double()
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    rule = _rule(model, "cross_entropy", backward="random", steps=600)
+    assert rule.feedback_parameters() == []
     bp = backprop_gradients(rule, x, y)
     rule.step(x, y)
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in rule.parameters())
-    assert angle(model[0].weight.grad, bp["0.weight"]) > 1.0
-    torch.testing.assert_close(model[-1].weight.grad, bp[f"{len(model) - 1}.weight"])
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    layers = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    bs = [None] + [getattr(rule.feedback, f"B{i}").transpose(0, 1) for i in range(1, 4)]
+    feedback = dict(zip(map(id, layers), bs, strict=True))
+    model.zero_grad(set_to_none=True)
+    h = x
+    for m in model:
+        h = _through_b(m, h, feedback[id(m)]) if id(m) in feedback else m(h)
+    rule.loss_fn(h, y).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, rtol=1e-9, atol=1e-12, msg=n)
+    torch.testing.assert_close(got["9.weight"], bp["9.weight"])  # the top layer is exact
+    assert angle(got["0.weight"], bp["0.weight"]) > 1.0  # B is not W^T
 
 
 @pytest.mark.parametrize(
