@@ -68,8 +68,8 @@ def _relax(
                 continue
             if momentum:
                 v = vel[i]
-                vel[i] = d if v is None else momentum * v + d
-                cur[i] = cur[i] + step_size * vel[i]
+                v = vel[i] = d if v is None else torch.add(d, v, alpha=momentum)
+                cur[i] = torch.add(cur[i], v, alpha=step_size)
             else:
                 cur[i] = cur[i] + step_size * d
             if tol is not None and d.numel():

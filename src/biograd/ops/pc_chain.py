@@ -23,47 +23,45 @@ b_l)``, the layering of PCX's MLPs (Pinchetti et al. 2024, arXiv:2407.01163).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from biograd.core import losses
 from biograd.core.losses import LossFn
 
 Write = Callable[[nn.Parameter, Tensor], None]
 LAYOUTS = ("graph", "blocks")
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-def act_and_derivative(act: nn.Module, a: Tensor) -> tuple[Tensor, Tensor]:
-    """``(f(a), f'(a))`` in closed form for the activations the fast path accepts."""
+Act = Callable[[Tensor], Tensor]
+Vjp = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def activation_fns(act: nn.Module) -> tuple[Act, Vjp] | None:
+    """``(f, vjp)`` for an elementwise activation, ``vjp(e, pre, mu) = f'(pre) * e``, or
+    ``None`` when the fast path does not know ``act``. The derivative is evaluated by ATen's
+    derivative kernel for ``f`` (the formula autograd uses, called directly: nothing is
+    recorded), e.g. ``1 - tanh^2`` for tanh, ``Phi(a) + a phi(a)`` for exact GELU."""
+    aten = torch.ops.aten
     if isinstance(act, nn.Tanh):
-        r = torch.tanh(a)
-        return r, 1.0 - r * r
+        return torch.tanh, lambda e, pre, mu: aten.tanh_backward(e, mu)
     if isinstance(act, nn.Sigmoid):
-        r = torch.sigmoid(a)
-        return r, r * (1.0 - r)
+        return torch.sigmoid, lambda e, pre, mu: aten.sigmoid_backward(e, mu)
     if isinstance(act, nn.ReLU):
-        pos = (a > 0).to(a.dtype)
-        return a * pos, pos
+        return torch.relu, lambda e, pre, mu: aten.threshold_backward(e, pre, 0)
     if isinstance(act, nn.LeakyReLU):
-        slope = torch.where(a > 0, torch.ones_like(a), torch.full_like(a, act.negative_slope))
-        return a * slope, slope
-    if isinstance(act, nn.GELU) and act.approximate == "tanh":
-        # f = a/2 (1 + tanh u), u = c (a + 0.044715 a^3);  f' = (1 + t)/2 + a/2 (1 - t^2) u'
-        t = torch.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * a * a * a))
-        du = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * a * a)
-        return 0.5 * a * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * du
-    if isinstance(act, nn.GELU):
-        # f = a Phi(a);  f' = Phi(a) + a phi(a)
-        cdf = 0.5 * (1.0 + torch.erf(a * _INV_SQRT_2))
-        return a * cdf, cdf + a * torch.exp(-0.5 * a * a) * _INV_SQRT_2PI
-    raise TypeError(f"no closed-form derivative for {type(act).__name__}")
+        slope = act.negative_slope
+        return (lambda a: F.leaky_relu(a, slope),
+                lambda e, pre, mu: aten.leaky_relu_backward(e, pre, slope, False))
+    if isinstance(act, nn.GELU) and act.approximate in ("none", "tanh"):
+        approx = act.approximate
+        return (lambda a: F.gelu(a, approximate=approx),
+                lambda e, pre, mu: aten.gelu_backward(e, pre, approximate=approx))
+    return None
 
 
 def output_error(loss: LossFn, mu: Tensor, y: Tensor, beta: float) -> Tensor:
@@ -83,24 +81,29 @@ def output_error(loss: LossFn, mu: Tensor, y: Tensor, beta: float) -> Tensor:
     return -g
 
 
-def _has_closed_form(m: nn.Module) -> bool:
-    if isinstance(m, nn.GELU):
-        return m.approximate in ("none", "tanh")
-    return isinstance(m, (nn.Tanh, nn.Sigmoid, nn.ReLU, nn.LeakyReLU))
-
-
 @dataclass
 class Stage:
     """One value node's vertex function: ``act(layer(u))``, ``layer(u)`` or ``act(u)``."""
 
     layer: nn.Linear | None
-    act: nn.Module | None
+    act: nn.Module | None = None
+    fwd: Act | None = None
+    vjp: Vjp | None = None
+
+    def predict(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """``(pre, mu)``: the layer's output (``u`` itself without a layer) and ``mu``."""
+        pre = u if self.layer is None else F.linear(u, self.layer.weight, self.layer.bias)
+        return pre, (pre if self.fwd is None else self.fwd(pre))
+
+    def scaled(self, e: Tensor, pre: Tensor, mu: Tensor) -> Tensor:
+        """``d = f'(pre) * e`` (``e`` without an activation)."""
+        return e if self.vjp is None else self.vjp(e, pre, mu)
 
 
 def chain_stages(model: nn.Module, layout: str) -> list[Stage] | None:
     """The model as a chain of stages, or ``None`` when the fast path does not apply (not an
-    ``nn.Sequential`` of an optional leading Flatten, Linear layers and activations with a
-    closed-form derivative, ending with a Linear)."""
+    ``nn.Sequential`` of an optional leading Flatten, Linear layers and activations known to
+    :func:`activation_fns`, ending with a Linear)."""
     if not isinstance(model, nn.Sequential):
         return None
     mods: list[nn.Module] = []
@@ -118,21 +121,23 @@ def chain_stages(model: nn.Module, layout: str) -> list[Stage] | None:
     stages: list[Stage] = []
     for m in mods:
         if isinstance(m, nn.Linear):
-            stages.append(Stage(m, None))
-        elif _has_closed_form(m):
-            if layout == "blocks" and stages and stages[-1].act is None \
-                    and stages[-1].layer is not None:
-                stages[-1].act = m
-            else:
-                stages.append(Stage(None, m))
-        else:
+            stages.append(Stage(m))
+            continue
+        fns = activation_fns(m)
+        if fns is None:
             return None
+        last = stages[-1] if stages else None
+        if layout == "blocks" and last is not None and last.layer is not None \
+                and last.act is None:
+            last.act, (last.fwd, last.vjp) = m, fns
+        else:
+            stages.append(Stage(None, m, *fns))
     return stages
 
 
 class ChainInference:
     """The energy F of a chain on one batch, its closed-form state gradient and weight updates
-    (the same interface as :class:`biograd.graph.inference.PCInference`)."""
+    (the interface of :class:`biograd.graph.inference.PCInference`)."""
 
     def __init__(
         self, stages: Sequence[Stage], x: Tensor, y: Tensor, loss_fn: LossFn, beta: float = 1.0
@@ -140,39 +145,47 @@ class ChainInference:
         self.stages, self.y, self.loss_fn, self.beta = list(stages), y, loss_fn, beta
         with torch.no_grad():
             self.x0 = x.flatten(1) if x.dim() > 2 else x
-            self._first = self._predict(0, self.x0)  # x_0 is clamped: mu_1 is fixed
-            values, u = [], self._first[0]
-            for j in range(1, len(self.stages)):
+            self._first = self.stages[0].predict(self.x0)  # x_0 is clamped: mu_1 is fixed
+            values, u = [], self._first[1]
+            for st in self.stages[1:]:
                 values.append(u)
-                u = self._predict(j, u)[0]
+                u = st.predict(u)[1]
         self.output = u
         self.initial = values
+        self._mse = loss_fn is losses.mse
+        self._target = losses._targets(u, y) if self._mse else None
 
-    def _predict(self, j: int, u: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(mu_j, f_j'(pre_j))`` from the stage's input ``u``."""
-        st = self.stages[j]
-        pre = u if st.layer is None else nn.functional.linear(u, st.layer.weight, st.layer.bias)
-        if st.act is None:
-            return pre, None
-        return act_and_derivative(st.act, pre)
+    def _out_error(self, mu: Tensor) -> tuple[Tensor, Tensor]:
+        """``e_out = -beta dL/dmu`` and ``beta L``."""
+        if self._mse:
+            diff = self._target - mu  # type: ignore[operator]
+            scale = self.beta / mu.shape[0]
+            flat = diff.reshape(-1)
+            return diff * scale, torch.dot(flat, flat) * (0.5 * scale)
+        return output_error(self.loss_fn, mu, self.y, self.beta), \
+            self.beta * self.loss_fn(mu, self.y)
 
-    def _errors(self, states: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor], Tensor]:
-        """Errors ``e_j`` of the value nodes, scaled errors ``d_j = f'(pre_j) * e_j`` of every
-        stage (the output's last, from ``e_k = -beta dL/dmu_k``) and F."""
+    def _errors(
+        self, states: Sequence[Tensor], first: bool = False
+    ) -> tuple[list[Tensor], list[Tensor | None], Tensor]:
+        """Errors ``e_j`` of the value nodes, scaled errors ``d_j = f'(pre_j) * e_j`` of the
+        stages (the output's last; the first stage's only if ``first``: the state gradients
+        do not need it) and F."""
         k = len(self.stages)
         es: list[Tensor] = []
-        ds: list[Tensor] = []
-        energy = torch.zeros((), dtype=self.x0.dtype, device=self.x0.device)
-        for j in range(k):
-            mu, deriv = self._first if j == 0 else self._predict(j, states[j - 1])
+        ds: list[Tensor | None] = []
+        terms: list[Tensor] = []
+        for j, st in enumerate(self.stages):
+            pre, mu = self._first if j == 0 else st.predict(states[j - 1])
             if j < k - 1:
                 e = states[j] - mu
+                flat = e.reshape(-1)
+                terms.append(torch.dot(flat, flat))
                 es.append(e)
-                energy = energy + 0.5 * e.pow(2).sum()
             else:
-                energy = energy + self.beta * self.loss_fn(mu, self.y)
-                e = output_error(self.loss_fn, mu, self.y, self.beta)
-            ds.append(e if deriv is None else deriv * e)
+                e, out_term = self._out_error(mu)
+            ds.append(st.scaled(e, pre, mu) if j > 0 or first else None)
+        energy = torch.stack(terms).sum() * 0.5 + out_term if terms else out_term
         return es, ds, energy
 
     def dynamics(self, states: list[Tensor]) -> tuple[list[Tensor | None], Tensor]:
@@ -180,24 +193,26 @@ class ChainInference:
         es, ds, energy = self._errors(states)
         deltas: list[Tensor | None] = []
         for j, e in enumerate(es):
-            nxt = self.stages[j + 1]
-            back = ds[j + 1] if nxt.layer is None else ds[j + 1] @ nxt.layer.weight
-            deltas.append(back - e)
+            layer, d = self.stages[j + 1].layer, ds[j + 1]
+            assert d is not None
+            deltas.append(d - e if layer is None else torch.addmm(e, d, layer.weight, beta=-1))
         return deltas, energy
 
     def energy(self, states: Sequence[Tensor]) -> float:
         with torch.no_grad():
             return float(self._errors(states)[2])
 
-    def write_updates(self, states: Sequence[Tensor], write: Write, scale: float = 1.0) -> None:
-        """Write ``scale * dF/dtheta_j`` for every Linear: ``-d_j^T x_{j-1}``, ``-sum d_j``."""
+    def write_updates(self, states: Sequence[Tensor], write: Write, scale: float = 1.0) -> float:
+        """Write ``scale * dF/dtheta_j`` for every Linear (``-d_j^T x_{j-1}``, ``-sum d_j``)
+        and return F at ``states``."""
         with torch.no_grad():
-            _, ds, _ = self._errors(states)
+            _, ds, energy = self._errors(states, first=True)
             for j, st in enumerate(self.stages):
-                if st.layer is None:
-                    continue
                 d = ds[j]
+                if st.layer is None or d is None:
+                    continue
                 u = self.x0 if j == 0 else states[j - 1]
                 write(st.layer.weight, (d.T @ u) * -scale)
                 if st.layer.bias is not None:
                     write(st.layer.bias, d.sum(0) * -scale)
+        return float(energy)

@@ -127,9 +127,9 @@ class PredictiveCoding(LearningRule):
         self.check_labels(inf.output, y)
         res = relax(self._initial(inf.initial), inf.dynamics, steps=self.T,
                     step_size=self.gamma, momentum=self.momentum)
-        inf.write_updates(res.states, self._write, scale=1.0 / self.beta)
+        final = inf.write_updates(res.states, self._write, scale=1.0 / self.beta)
         metrics = {f"energy_{t}": e for t, e in enumerate(res.energies)}
-        metrics["energy_final"] = inf.energy(res.states)
+        metrics["energy_final"] = final
         loss = self.loss_fn(inf.output, y)
         return StepResult(float(loss), inf.output, metrics)
 
