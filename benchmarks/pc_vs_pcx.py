@@ -43,21 +43,21 @@ import subprocess
 import sys
 import time
 
-THREADS = 2
+THREADS = int(os.environ.get("PC_VS_PCX_THREADS", "2"))
 HP = {"T": 5, "batch": 128, "x_lr": 0.010534787245955935, "x_momentum": 0.65,
       "w_lr": 0.0002968930522737348, "w_wd": 0.0003550241114984682, "hidden": 128, "layers": 4}
 
 
-def _pin() -> None:
-    """2 threads, 2 CPUs: environment set before torch or jax is imported."""
+def _pin(threads: int) -> None:
+    """``threads`` threads on as many CPUs: environment set before torch or jax is imported."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(THREADS)
+        os.environ[var] = str(threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no stalls at barriers when shared
     os.environ["XLA_FLAGS"] = (f"--xla_cpu_multi_thread_eigen=true "
-                               f"intra_op_parallelism_threads={THREADS}")
+                               f"intra_op_parallelism_threads={threads}")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     cpus = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, cpus[:THREADS])
+    os.sched_setaffinity(0, cpus[:threads])
 
 
 def lr_at(step: int, total: int) -> float:
@@ -89,7 +89,7 @@ def run_biograd(epochs: int, seed: int) -> dict:
     from torch import nn
 
     import biograd
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     torch.manual_seed(seed)
     xtr, ytr, xte, yte = _data()
     model = biograd.models.mlp(784, [HP["hidden"]] * (HP["layers"] - 1), 10, activation="gelu")
@@ -236,9 +236,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--child", choices=["pcx", "biograd"])
+    ap.add_argument("--threads", type=int, default=THREADS, help="threads per library (2)")
     args = ap.parse_args()
+    os.environ["PC_VS_PCX_THREADS"] = str(args.threads)
     if args.child:
-        _pin()
+        _pin(args.threads)
         fn = run_pcx if args.child == "pcx" else run_biograd
         print(json.dumps(fn(args.epochs, args.seed)))
         return
@@ -256,7 +258,7 @@ def main() -> None:
             rows.append(res)
             print(json.dumps(res), flush=True)
     print(f"\nMNIST MLP 784-128x3-10 GELU, batch {HP['batch']}, T={HP['T']}, "
-          f"{args.epochs} epochs, {THREADS} threads, {args.repeats} repeats (seeds "
+          f"{args.epochs} epochs, {args.threads} threads, {args.repeats} repeats (seeds "
           f"{args.seed}..{args.seed + args.repeats - 1})")
     print(f"{'library':8s} {'repeat':>6s} " + " ".join(
         f"{'s/ep' + str(e + 1):>8s}" for e in range(args.epochs))
