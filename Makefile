@@ -1,11 +1,12 @@
 # biograd: `make demo` (set up + quick comparison of every rule on real MNIST),
-# `make test` (set up + test suite). Both create .venv, install everything and fetch the data.
+# `make test` (set up + test suite), `make mutation` (mutation check, run by CI after the
+# tests). They create .venv, install everything and fetch the data.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.biograd-installed
 
-.PHONY: setup data demo test test-slow lint bench clean
+.PHONY: setup data demo test test-slow mutation lint bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +27,11 @@ test: data
 
 test-slow: data
 	$(BIN)/python -m pytest -m slow -v
+
+# one-line defects in the rules (scripts/mutants.py); fails below 95% killed, on a surviving
+# core-equation mutant, or on a mutant whose code no longer exists
+mutation: data
+	$(BIN)/python scripts/mutation_check.py --json runs/mutation.json
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
