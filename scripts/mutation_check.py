@@ -232,14 +232,16 @@ def main(argv: list[str] | None = None) -> int:
         run_jobs(list(baselines.values()), works, fork, deadline)
         for b in baselines.values():
             print(f"unmutated {b.outcome:>6} ({b.seconds:4.1f}s)  {' '.join(b.tests)}", flush=True)
-            if b.outcome != "pass":
+            if b.outcome.startswith(("fail", "timeout")):
                 print("  " + b.log_tail.replace("\n", "\n  ")[-1500:])
         todo = []
         for j in jobs:
             base = baselines.get(j.tests)
             if invalid[id(j)] is not None:
                 j.outcome = invalid[id(j)]
-            elif base is None or base.outcome != "pass":
+            elif base is None or base.outcome.startswith("not run"):
+                j.outcome = "not run (budget)"
+            elif base.outcome != "pass":
                 j.outcome = "invalid (tests fail unmutated)"
             else:
                 j.timeout = max(args.timeout, args.timeout_factor * base.seconds)
