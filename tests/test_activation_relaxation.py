@@ -116,10 +116,12 @@ def test_learned_backward_weights_get_the_transposed_update_and_align() -> None:
     rule = _rule(model, "cross_entropy", backward="learned")
     psi = rule.feedback_parameters()
     assert [tuple(p.shape) for p in psi] == [(10, 8), (8, 4)]
-    rule.step(x, y)
     lins = [m for m in model if isinstance(m, nn.Linear)]
-    for p, lin in zip(psi, lins[1:], strict=True):
-        torch.testing.assert_close(p.grad, lin.weight.grad.T)
+    for _ in range(2):  # the second step accumulates into .grad, as W's update does
+        rule.step(x, y)
+        for p, lin in zip(psi, lins[1:], strict=True):
+            torch.testing.assert_close(p.grad, lin.weight.grad.T)
+    rule.zero_grad(set_to_none=True)
     # psi - W^T stays constant (both get the same updates) while W grows on a learnable task
     # (a linear teacher), so the angle between psi and W^T falls (P4 Fig. 4)
     opt = torch.optim.SGD(rule.parameters(), lr=0.2)

@@ -180,3 +180,35 @@ def test_hidden_layer_updates_point_downhill(name: str) -> None:
     weights = [n for n, p in model.named_parameters() if p.dim() > 1]
     hidden = {n: angles[n] for n in weights[:-1]}
     assert max(hidden.values()) < (1e-3 if name in EXACT else 90.0), (name, hidden)
+
+
+@pytest.mark.parametrize("name,kind", CASES)
+def test_updates_accumulate_in_grad_like_autograd(name: str, kind: str) -> None:
+    """Rules add their updates into ``.grad`` as autograd does (LearningRule.accumulate_grad):
+    two steps without ``zero_grad`` leave the sum of the two steps' updates (gradient
+    accumulation over micro-batches). The reference runs the same two steps on a copy with a
+    ``zero_grad`` between them; the rule's own state evolves identically in both."""
+    import copy
+
+    model, x, y = make_model(kind, seed=2)
+    torch.manual_seed(2)
+    rule = biograd.create_rule(name, model)
+    other = copy.deepcopy(rule)
+    halves = [(x[:3], y[:3]), (x[3:], y[3:])]
+    rule.zero_grad(set_to_none=True)
+    for xb, yb in halves:
+        rule.step(xb, yb)
+    parts = []
+    for xb, yb in halves:
+        other.zero_grad(set_to_none=True)
+        other.step(xb, yb)
+        parts.append([None if p.grad is None else p.grad.clone() for p in other.parameters()])
+    for p, a, b in zip(rule.parameters(), *parts, strict=True):
+        if a is None or b is None:
+            want = a if b is None else b
+        else:
+            want = a + b
+        if want is None:
+            assert p.grad is None
+        else:
+            torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-7)

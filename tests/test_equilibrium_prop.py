@@ -285,3 +285,27 @@ def test_nudged_dynamics_descend_the_total_energy_with_a_nonlinear_output(loss) 
     res = rule._relax(x, y, start, beta, steps=1)
     for got, s0, gr in zip(res.states, start, grads, strict=True):
         torch.testing.assert_close(got, s0 - eps * gr)
+
+
+def test_nudged_phase_starts_at_the_free_fixed_point() -> None:
+    """The nudged phase relaxes from the free fixed point s^0 (Scellier & Bengio 2017, Sec. 3):
+    with one nudged Euler step, s^beta = s^0 - eps (dE/ds(s^0) + beta dC/ds(s^0)), and the
+    one-sided update is (dE/dtheta(s^beta) - dE/dtheta(s^0)) / beta (batch mean), computed
+    here with autograd on the energy written out in this file."""
+    model, x, y = _setup([6, 4])
+    beta, eps = 0.3, 0.5
+    rule = biograd.create_rule("equilibrium_prop", model, loss="mse", beta=beta, step_size=eps,
+                               free_steps=300, nudged_steps=1, estimator="one_sided")
+    rule.zero_grad(set_to_none=True)
+    rule.step(x, y)
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    free = [s.detach() for s in rule.free_phase(x).states]
+    with torch.enable_grad():
+        s = [t.clone().requires_grad_(True) for t in free]
+        total = _energy(s, x, model).sum() + beta * x.shape[0] * rule.loss_fn(s[-1], y)
+        grads = torch.autograd.grad(total, s)
+        nudged = [t - eps * g for t, g in zip(free, grads, strict=True)]
+        model.zero_grad(set_to_none=True)
+        ((_energy(nudged, x, model).mean() - _energy(free, x, model).mean()) / beta).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, msg=n)

@@ -101,6 +101,18 @@ def test_init_model_option_and_default_leaves_the_model_alone() -> None:
     assert set(feedback_alignment_angles(rule)) == {"layer1"}
 
 
+@pytest.mark.parametrize("std", [0.05, 0.3])
+def test_error_weights_are_drawn_with_the_given_std(std) -> None:
+    """E_l ~ N(0, init_std^2) (P1: 0.05): 50 x 40 = 2000 draws give a sample std within a few
+    percent of init_std (relative standard error 1/sqrt(2 n) = 1.6%)."""
+    torch.manual_seed(0)
+    model = biograd.models.mlp(4, [50], 40, activation="tanh")
+    (e,) = biograd.create_rule("lra_e", model, init_std=std).error_weights
+    assert e.shape == (50, 40)
+    assert abs(float(e.detach().std()) / std - 1) < 0.08
+    assert abs(float(e.detach().mean())) < 4 * std / 2000**0.5
+
+
 @pytest.mark.parametrize(
     "hp,match",
     [
