@@ -257,6 +257,24 @@ MUTANTS += group(R + "predictive_coding.py", PC, [  # other graphs: biograd.grap
      "inf = PCInference(graph, x, y, self.loss_fn, beta=self.beta)",
      "inf = PCInference(graph, x, y, self.loss_fn, beta=1.0)"),
 ])
+MUTANTS += group(O + "pc_chain.py", PC, [  # the chain's closed-form energy gradients
+    ("pc chain: state update error sign", "flipped sign", CORE,
+     "torch.addmm(e, d, layer.weight, beta=-1)", "torch.addmm(e, d, layer.weight, beta=1)"),
+    ("pc chain: mse output error sign", "flipped sign", CORE,
+     "diff = self._target - mu", "diff = mu - self._target"),
+    ("pc chain: mse output error not a batch mean", "dropped factor", CORE,
+     "scale = self.beta / mu.shape[0]", "scale = self.beta"),
+    ("pc chain: cross-entropy output error sign", "flipped sign", CORE,
+     "return torch.log_softmax(mu, -1).exp() * s - g",
+     "return torch.log_softmax(mu, -1).exp() * s + g"),
+    ("pc chain: weight update sign", "flipped sign", CORE,
+     "write(st.layer.weight, (d.T @ u) * -scale)", "write(st.layer.weight, (d.T @ u) * scale)"),
+    ("pc chain: bias update a mean", "dropped factor", CORE,
+     "write(st.layer.bias, d.sum(0) * -scale)", "write(st.layer.bias, d.mean(0) * -scale)"),
+    ("pc chain: energy's 1/2 dropped", "dropped factor", AUX,
+     "energy = torch.stack(terms).sum() * 0.5 + out_term",
+     "energy = torch.stack(terms).sum() + out_term"),
+])
 MUTANTS += group("src/biograd/core/relax.py", PC, [
     ("relax: Euler step sign", "flipped sign", CORE,
      "cur[i] = cur[i] + step_size * d", "cur[i] = cur[i] - step_size * d"),
@@ -343,6 +361,8 @@ MUTANTS += group(O + "tp_losses.py", sel(TP, "drl"), [
      "return (_sq(dr_x + dx) + self.lam * _sq(dr_y)).mean() / sigma**2"),
 ])
 MUTANTS += group(O + "tp_losses.py", sel(TP, "dtp"), [
+    ("dtp loss: no noise", "skipped update", CORE,
+     "xn = x + gaussian_like(x, sigma, generator) if sigma > 0 else x", "xn = x"),
     ("dtp loss: reconstructs the clean input", "wrong operand", CORE,
      "return _sq(g(yn, ctx) - xn).mean()", "return _sq(g(yn, ctx) - x).mean()"),
     ("tp losses: top nudge is the batch-mean gradient", "dropped factor", CORE,
