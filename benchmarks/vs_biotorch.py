@@ -25,7 +25,11 @@ LRA families) get blocks of about the same wall time as a backprop block (at lea
 ``--slow-repeats`` repeats, as their steps cost 3-30x more.
 Clock: wall time (``time.perf_counter``); with ``--device cuda`` every block ends with
 ``torch.cuda.synchronize()`` before the clock is read. Threads: ``torch.set_num_threads``
-(``--threads``, default ``os.cpu_count()``).
+(``--threads``, default ``os.cpu_count()``). On a machine shared with other jobs, run with
+``OMP_WAIT_POLICY=PASSIVE`` in the environment: with the default (spinning) policy an
+oversubscribed core turns each of the many small parallel regions of a step into a wait for a
+descheduled thread (on this project's 2-core machine at load 7, plain autograd at 2 threads
+took 20-330 ms per step instead of about 3-5 ms with PASSIVE); the header records the policy.
 
 BioTorch is optional: without it part 1 times plain autograd and biograd only. It declares
 heavy dependencies (torchvision, jupyter, tensorboard, torchattacks, ...) that its
@@ -59,6 +63,7 @@ import io
 import itertools
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
@@ -264,7 +269,7 @@ def ms(entry: CostEntry | None, ratio: float | None = None) -> str:
     if entry is None or not entry.seconds:
         return "-"
     r = entry.ratio if ratio is None else ratio
-    return f"{1e3 * entry.seconds_per_step:.2f} ({r:.2f})"
+    return f"{1e3 * entry.seconds_per_step:.2f} ({r:.3f})"
 
 
 def side_table(plain: CostEntry, rows: list[Row], version: str) -> str:
@@ -274,7 +279,7 @@ def side_table(plain: CostEntry, rows: list[Row], version: str) -> str:
              f"| plain autograd (torch.nn + loss.backward) | {ms(plain, 1.0)} | - | - |"]
     for r in rows:
         both = r.biotorch is not None and r.biograd is not None and r.biotorch.ratios
-        rel = f"{r.biograd.ratio / r.biotorch.ratio:.2f}" if both else "-"  # type: ignore[union-attr]
+        rel = f"{r.biograd.ratio / r.biotorch.ratio:.3f}" if both else "-"  # type: ignore[union-attr]
         note = f" ({'; '.join(r.notes)})" if r.notes else ""
         lines.append(f"| {r.label}{note} | {ms(r.biotorch)} | {ms(r.biograd)} | {rel} |")
     return "\n".join(lines) + "\n"
@@ -300,20 +305,30 @@ def verdict(entry: CostEntry, rows: list[Row]) -> tuple[str, str]:
     return target, "met" if not misses else "MISSED: " + ", ".join(misses)
 
 
+def spread(values: list[float]) -> str:
+    """Lower and upper quartile of the paired ratios (the median's spread)."""
+    if len(values) < 2:
+        return "-"
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return f"{q1:.3f}-{q3:.3f}"
+
+
 def own_table(reference: CostEntry, out: list[tuple[CostEntry, bool, str]],
               rows: list[Row]) -> str:
-    lines = ["| biograd rule | ms/step | x biograd backprop | blocks (steps x repeats) | "
-             "issue 15 target | verdict |", "| --- | ---: | ---: | ---: | --- | --- |",
-             f"| backprop (reference) | {1e3 * reference.seconds_per_step:.2f} | 1.00 | "
+    lines = ["| biograd rule | ms/step | x biograd backprop | quartiles | blocks (steps x "
+             "repeats) | issue 15 target | verdict |",
+             "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+             f"| backprop (reference) | {1e3 * reference.seconds_per_step:.2f} | 1 | | "
              f"{reference.steps} x all | | |"]
     for entry, slow, note in out:
         if note:
-            lines.append(f"| {entry.name} | - | - | - | | {note} |")
+            lines.append(f"| {entry.name} | - | - | - | - | | {note} |")
             continue
         target, met = verdict(entry, rows)
         tag = " (iterative: fewer repeats)" if slow else ""
-        lines.append(f"| {entry.name} | {1e3 * entry.seconds_per_step:.2f} | {entry.ratio:.2f} "
-                     f"| {entry.steps} x {len(entry.ratios)}{tag} | {target} | {met} |")
+        lines.append(f"| {entry.name} | {1e3 * entry.seconds_per_step:.2f} | {entry.ratio:.3f} "
+                     f"| {spread(entry.ratios)} | {entry.steps} x {len(entry.ratios)}{tag} | "
+                     f"{target} | {met} |")
     return "\n".join(lines) + "\n"
 
 
@@ -346,7 +361,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> str:
     cpu = platform.processor() or platform.machine()
     text = (
         f"`{command}` ({time.strftime('%Y-%m-%d %H:%M %Z')}; {cpu}"
-        f", {os.cpu_count()} cores, {args.threads} torch thread(s), {device}; torch "
+        f", {os.cpu_count()} cores, {args.threads} torch thread(s), OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, {device}; torch "
         f"{torch.__version__}; BioTorch {version}). MLP 784-256-256-256-10 tanh, batch "
         f"{args.batch}, SGD 0.01 momentum 0.9, {len(batches)} {args.data} batches cycled; wall "
         f"clock, blocks of {args.steps} steps, each after a plain-autograd block, "
