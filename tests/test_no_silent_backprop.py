@@ -93,7 +93,7 @@ def _batch(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_a_weight_read_functionally_is_refused_naming_it_and_its_user(name: str) -> None:
     model = FunctionalUse()
     rule = biograd.create_rule(name, model)
-    x, y = _batch(6, 6)
+    x, y = _batch(6, 5)
     with pytest.raises(biograd.UnsupportedModelError) as err:
         rule.step(x, y)
     msg = str(err.value)
@@ -128,7 +128,7 @@ def test_allow_backprop_on_the_layer_is_the_fix_and_then_it_learns_by_backprop(n
     backprop: its gradient is then autograd's, given the error that reaches its uses."""
     torch.manual_seed(0)
     model = FunctionalUse().double()
-    x, y = _batch(6, 6)
+    x, y = _batch(6, 5)
     x = x.double()
     rule = biograd.create_rule(name, model, allow_backprop=("fc",))
     rule.step(x, y)
@@ -139,7 +139,7 @@ def test_allow_backprop_on_the_layer_is_the_fix_and_then_it_learns_by_backprop(n
 def test_weight_transpose_feedback_gives_backprop_when_the_layer_is_allowed() -> None:
     torch.manual_seed(0)
     model = FunctionalUse().double()
-    x, y = _batch(6, 6)
+    x, y = _batch(6, 5)
     x = x.double()
     rule = biograd.create_rule("feedback_alignment", model, allow_backprop=("fc",))
     with torch.no_grad():
@@ -178,7 +178,7 @@ def test_check_paths_first_step_every_step_and_off() -> None:
         rule.step(*big)
     rule = biograd.create_rule("feedback_alignment", FunctionalUse())
     rule.check_paths = "off"
-    rule.step(*_batch(6, 6))
+    rule.step(*_batch(6, 5))
     with pytest.raises(ConfigError, match="check_paths must be one of"):
         rule.check_paths = "sometimes"
 
@@ -203,8 +203,9 @@ def _models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     m = biograd.models
     return {
         "mlp": (m.mlp(12, [10, 8], 4), torch.randn(5, 12)),
-        "lenet": (m.lenet(1, 4, image_size=28), torch.randn(5, 1, 28, 28)),
-        "simple_vgg": (m.simple_vgg(3, 4), torch.randn(5, 3, 32, 32)),
+        "lenet": (m.lenet(1, 4, image_size=8, channels=(3, 4), hidden=6),
+                  torch.randn(5, 1, 8, 8)),
+        "simple_vgg": (m.simple_vgg(3, 4, width=1 / 32), torch.randn(5, 3, 32, 32)),
         "resnet18": (m.resnet18(3, 4, width=4), torch.randn(5, 3, 8, 8)),
         "rnn": (m.rnn_classifier(5, 7, 4, seq_len=4), torch.randn(5, 4, 5)),
         "lstm": (m.lstm_classifier(5, 7, 4, seq_len=4), torch.randn(5, 4, 5)),

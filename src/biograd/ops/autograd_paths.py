@@ -202,6 +202,28 @@ class StepRecord:
         )
 
     # ----------------------------------------------------------------- pure DFA
+    def read_only_by_layers(self, loss: Tensor) -> frozenset[str]:
+        """Keys of the converted layers every call of which gets an input that no autograd
+        node other than converted calls consumes: a cut there changes nothing."""
+        consumers: dict[Edge, set[Node]] = {}
+        seen: set[Node] = set()
+        todo = [loss.grad_fn] if loss.grad_fn is not None else []
+        while todo:
+            node = todo.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            for f, nr in node.next_functions:
+                if f is not None:
+                    consumers.setdefault((f, nr), set()).add(node)
+                    todo.append(f)
+        ops = {c.out for c in self.calls}
+        keys = {c.layer.key for c in self.calls}
+        for c in self.calls:
+            if c.inp is not None and not consumers.get(c.inp, set()) <= ops:
+                keys.discard(c.layer.key)
+        return frozenset(keys)
+
     def dfa_skip_leak(self, output: Tensor) -> str | None:
         """With the error cut at every converted call's input (pure DFA), a description of a cut
         point whose error would come from two calls one of which follows the other, or None.

@@ -58,6 +58,11 @@ class DirectSignal:
 
     A layer whose op pads its input first (``Conv2dHandler.prepare_input``) gets ``B e_L`` at its
     own input, before the padding, in both modes (also through :meth:`inject`).
+
+    A cut costs a gradient hook per call. Where every consumer of a layer's input is a
+    converted layer (every input of an MLP), the sum autograd forms IS the cut's value, so the
+    layers listed in ``uncut_keys`` (found once from the autograd graph, see
+    ``StepRecord.read_only_by_layers``) are given :attr:`uncut`: the same signal without cuts.
     """
 
     def __init__(self, cut_inputs: bool = False) -> None:
@@ -65,6 +70,9 @@ class DirectSignal:
         self.cut_inputs = cut_inputs
         #: this step's cut points, keyed by the id of the tensor (held so the id stays unique)
         self._points: dict[int, tuple[Tensor, _InjectAt]] = {}
+        #: keys of the layers whose inputs need no cut (only converted layers read them)
+        self.uncut_keys: frozenset[str] = frozenset()
+        self.uncut: DirectSignal = _Uncut(self) if cut_inputs else self
 
     def capture(self, grad: Tensor) -> None:
         self.error = grad
@@ -106,6 +114,17 @@ class DirectSignal:
         point = _InjectAt(self, [feedback], replace=True)
         self._points[id(x)] = (x, point)
         x.register_hook(point)
+
+
+class _Uncut(DirectSignal):
+    """A :class:`DirectSignal` without cuts reading its owner's error."""
+
+    def __init__(self, owner: DirectSignal) -> None:
+        super().__init__(cut_inputs=False)
+        self.owner = owner
+
+    def project(self, feedback: Tensor, x_shape: torch.Size) -> Tensor:
+        return self.owner.project(feedback, x_shape)
 
 
 class _InjectAt:

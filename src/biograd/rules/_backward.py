@@ -141,9 +141,10 @@ class BackwardReplacementRule(LearningRule):
         """Called with each input that sends error through ``layer``'s feedback, before the op
         (DFA checks that the input fits its feedback matrix)."""
 
-    def check_graph(self, record: StepRecord, output: Tensor) -> None:
+    def check_graph(self, record: StepRecord, output: Tensor, loss: Tensor) -> None:
         """Called at a step whose graph is inspected (``check_paths``), after the check for
-        silent backprop, with the step's record (pure DFA checks that its cuts hold)."""
+        silent backprop, with the step's record, output and loss (pure DFA checks that its
+        cuts hold and finds the layers that need none)."""
 
     # ----------------------------------------------------------------- the contract
     def feedback_in_use(self, layer: FeedbackLayer) -> bool:
@@ -179,7 +180,10 @@ class BackwardReplacementRule(LearningRule):
                 memo[1], memo[2] = rule.scaled_feedback(layer)
                 memo[0] = state.step
             rule.check_layer_input(layer, x)
-            return handler.forward(module, x, memo[1], state.direct, memo[2])
+            direct = state.direct
+            if direct is not None and key in direct.uncut_keys:
+                direct = direct.uncut  # pure DFA where no cut is needed (see DirectSignal)
+            return handler.forward(module, x, memo[1], direct, memo[2])
 
         return fwd
 
@@ -215,7 +219,7 @@ class BackwardReplacementRule(LearningRule):
         loss = self.loss_fn(out, y)
         if record is not None:
             record.silent_backprop(self.name, loss)
-            self.check_graph(record, out)
+            self.check_graph(record, out, loss)
             self._paths_pending = self._check_paths == "every_step"
         if direct is not None:
             out.register_hook(direct.capture)

@@ -84,11 +84,12 @@ class DirectFeedbackAlignment(BackwardReplacementRule):
     def after_backward(self) -> None:
         self._signal.release()
 
-    def check_graph(self, record: StepRecord, output: Tensor) -> None:
+    def check_graph(self, record: StepRecord, output: Tensor, loss: Tensor) -> None:
         """Pure DFA: refuse a model where a cut point's error would still come from two layers
         one of which follows the other (see the class docstring)."""
         if self.skips != "pure":
             return
+        self._signal.uncut_keys = record.read_only_by_layers(loss)
         leak = record.dfa_skip_leak(output)
         if leak is not None:
             raise UnsupportedModelError(
