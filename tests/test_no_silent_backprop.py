@@ -269,3 +269,35 @@ def test_a_ddp_wrapped_model_is_accepted(name: str, monkeypatch: pytest.MonkeyPa
         assert all(p.grad is not None for p in model.parameters())
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- the graph family
+@pytest.mark.parametrize("cls", [FunctionalUse, TiedReadout, TiedParameter])
+def test_zil_treats_a_functional_or_tied_weight_as_backprop_does(cls: type) -> None:
+    """In graph mode a weight read functionally is an fx get_attr node, recomputed inside each
+    vertex that uses it: Z-IL (exactly backprop, P5) gives it backprop's whole gradient."""
+    torch.manual_seed(0)
+    model = cls().double()
+    x = torch.randn(5, 4 if cls is TiedReadout else 6, dtype=torch.float64)
+    y = torch.arange(5) % model(x).shape[1]
+    rule = biograd.create_rule("zil", model)
+    bp = backprop_gradients(rule, x, y)
+    rule.step(x, y)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, bp[n], msg=n)
+
+
+def test_predictive_coding_graph_mode_updates_a_functional_weight_locally() -> None:
+    """PC with T = 0: the value nodes sit at the feed-forward predictions, so every hidden error
+    is zero and only the output vertex has one. ``fc.weight``, read functionally by the output
+    vertex, then gets that vertex's local term alone, e^T tanh(h) (not autograd through the
+    other vertices), and the layers below get nothing."""
+    torch.manual_seed(0)
+    model = FunctionalUse().double()
+    x, y = torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4])
+    biograd.create_rule("predictive_coding", model, T=0, fast_path=False).step(x, y)
+    with torch.no_grad():
+        t = torch.tanh(model.head(torch.tanh(model.fc(x))))
+        e = (torch.softmax(F.linear(t, model.fc.weight), 1) - F.one_hot(y, 5)) / 5
+    torch.testing.assert_close(model.fc.weight.grad, e.T @ t)
+    assert float(model.head.weight.grad.abs().max()) == 0.0
