@@ -377,3 +377,14 @@ MUTANTS += group("src/biograd/graph/inference.py",
      "\n                    (g,) = torch.autograd.grad(2 * self.beta * self.loss_fn(m, self.y),"
      " m)"),
 ])
+
+# ---------------------------------------------------------------------- left out
+# Equivalent mutants, not counted (they cannot change behaviour on any input the rules accept):
+# - ops/energy.py rate_and_derivative, ReLU ``(s > 0)`` -> ``(s >= 0)``: differs only where a
+#   state is exactly 0, where the derivative is a convention.
+# - rules/_target_prop.py ``trace.inputs[l]`` -> ``trace.outputs[l - 1].detach()``: the same
+#   tensor by construction (forward_trace feeds each block the detached previous output).
+# - rules/activation_relaxation.py init "forward" -> zeros, or the nudged-phase length at a
+#   converged tolerance: the same fixed point, only the path to it differs.
+# Pending areas (being rewritten now; add one group() each when they settle): graph/*,
+# rules/zil.py, rules/dtp_sigma.py, the DDTP rules, ops/convert.py, rules/_backward.py.
