@@ -384,7 +384,8 @@ MUTANTS += group("src/biograd/graph/inference.py",
 #   state is exactly 0, where the derivative is a convention.
 # - rules/_target_prop.py ``trace.inputs[l]`` -> ``trace.outputs[l - 1].detach()``: the same
 #   tensor by construction (forward_trace feeds each block the detached previous output).
-# - rules/activation_relaxation.py init "forward" -> zeros, or the nudged-phase length at a
-#   converged tolerance: the same fixed point, only the path to it differs.
-# Pending areas (being rewritten now; add one group() each when they settle): graph/*,
-# rules/zil.py, rules/dtp_sigma.py, the DDTP rules, ops/convert.py, rules/_backward.py.
+# - rules/activation_relaxation.py INITS "forward" -> zeros: the same fixed point (the tests
+#   relax from both starts), only the path to it differs.
+# Pending areas (being rewritten now; add one group() each when they settle): graph/* and
+# rules/zil.py beyond the one mutant above, rules/dtp_sigma.py, the DDTP rules, ops/convert.py,
+# and more of rules/_backward.py.
