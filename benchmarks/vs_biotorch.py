@@ -369,7 +369,9 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> str:
         f"{args.repeats} interleaved repeats; ms/step = median block, x = median paired "
         "ratio.\n\n" + side_table(plain, rows, version) + "\n" + backprop_line(rows)
     )
-    if not args.no_own:
+    if not args.no_own and "backprop" not in ours:
+        text += "\nPart 2 skipped: biograd's backprop failed in part 1 (see its row).\n"
+    elif not args.no_own:
         reference, out = own_cost(model, batches, ours, args, sync)
         text += ("\nbiograd alone, each block after a biograd-backprop block; iterative rules: "
                  f"blocks of about {args.steps} backprop steps' time, {args.slow_repeats} "
