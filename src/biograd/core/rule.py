@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from biograd.core.errors import InputError
+from biograd.core.errors import ConfigError, InputError
 from biograd.core.losses import LossFn, get_loss
 
 
@@ -51,6 +51,11 @@ class LearningRule(nn.Module, abc.ABC):
     #: applies itself, in ``.grad`` (Kolen-Pollack: ``"weight_decay"``, P3's lambda on W and B).
     #: The runner passes its ``weight_decay`` config there unless ``rule_args`` sets it.
     WEIGHT_DECAY_HPARAM: ClassVar[str | None] = None
+    #: Feedback-only epochs of the rule's published schedule: ``(before training, after each
+    #: epoch)`` passes over the training set calling :meth:`feedback_only_step` (Meulemans et
+    #: al. 2020's DDTP: 10 and 1). The runner's ``feedback_epochs`` / ``extra_feedback_epochs``
+    #: override them.
+    FEEDBACK_EPOCHS: ClassVar[tuple[int, int]] = (0, 0)
 
     def __init__(self, model: nn.Module, loss: str | LossFn = "cross_entropy") -> None:
         super().__init__()
@@ -68,6 +73,15 @@ class LearningRule(nn.Module, abc.ABC):
         """Compute this batch's updates and write them into ``.grad`` (accumulating)."""
 
     @torch.no_grad()
+    def feedback_only_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """Train only the rule's own feedback on a batch (forward weights and their ``.grad``
+        untouched); returns the feedback losses. Rules without feedback training of their own
+        have no such phase: ConfigError."""
+        raise ConfigError(
+            f"rule {self.name!r} trains no feedback of its own, so it has no feedback-only "
+            f"epochs; leave feedback_epochs and extra_feedback_epochs at null (or 0)"
+        )
+
     def predict(self, x: Tensor) -> Tensor:
         """Inference: a plain feed-forward pass of the model."""
         return self.model(x)

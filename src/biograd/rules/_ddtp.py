@@ -91,6 +91,9 @@ class DirectDTPRule(TargetPropagationRule):
         self.feedback = nn.ModuleList(maps)
         self._optims = self.build_optimizers()
 
+    def prepare_feedback(self, trace: TPTrace) -> None:
+        self.ensure_feedback(trace)
+
     def ensure_feedback(self, trace: TPTrace) -> None:
         """Build the direct maps (Xavier-normal) from the batch's block outputs, once."""
         if len(self.feedback):

@@ -230,6 +230,18 @@ class TargetPropagationRule(LearningRule):
         self.write_forward_updates(trace, self.targets(trace, y))
         return StepResult(loss, out, metrics)
 
+    def feedback_only_step(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """Feedback training alone on ``x`` (phases 1-2 of ``step``): the feedback-only epochs
+        of schedules that train the feedback apart from the forward weights."""
+        self.check_batch(x, y)
+        trace = self.forward_trace(x)
+        self.prepare_feedback(trace)
+        return self.train_feedback(trace)
+
+    def prepare_feedback(self, trace: TPTrace) -> None:
+        """Called with the first forward trace before feedback training (DDTP builds its
+        direct maps from the batch's shapes); nothing by default."""
+
     # ----------------------------------------------------------------- diagnostics
     def feedback_blocks(self) -> list[tuple[str, Block, FeedbackBlock]]:
         """``(layer name, forward block, feedback block)`` for every block with feedback."""

@@ -18,7 +18,8 @@ from biograd.rules._ddtp import DirectDTPRule
     supports=("mlp", "cnn"),
 )
 class SDDTP(DirectDTPRule):
-    """DDTP-linear trained as Meulemans et al. did: one DRL step per direct map per batch.
+    """DDTP-linear trained as Meulemans et al. did: feedback-only epochs (10 before training,
+    one after each epoch) and one DRL step per direct map per training batch.
 
     Every hidden block l gets the target ``t_l = z_l + Q_l (t_L - a_L)`` through a linear direct
     map ``Q_l`` from the output (logits) to its output (for conv blocks: the flattened pooled
@@ -31,9 +32,16 @@ class SDDTP(DirectDTPRule):
     P2's s-DDTP runs the authors' published DDTP-linear configuration (``DDTPConvCIFAR`` with
     ``final_configs/cifar10_DDTPConv.py``: ``nb_feedback_iterations`` 1, Adam feedback lr 4.5e-3,
     sigma 0.0092, plus 10 feedback-only epochs before training and one after every epoch). The
-    feedback-only epochs are not part of this rule (the runner has no such phase); to make up for
-    the missing warm-up the default feedback rate is higher (docs/algorithms/target_prop.md).
+    feedback-only epochs are this rule's schedule (``FEEDBACK_EPOCHS = (10, 1)``): the runner
+    calls :meth:`feedback_only_step` over the training set for them (config keys
+    ``feedback_epochs`` / ``extra_feedback_epochs`` override; a hand-written loop calls it
+    itself). That schedule is what separates it from ``p_ddtp``, which trains its maps only
+    alongside the forward weights. Feedback rate and noise are ours for MNIST-sized nets
+    (docs/algorithms/target_prop.md).
     """
+
+    #: Meulemans et al.'s schedule: 10 feedback-only epochs before training, 1 after each epoch
+    FEEDBACK_EPOCHS = (10, 1)
 
     def __init__(
         self, model: nn.Module, loss: str | LossFn = "cross_entropy", *, beta: float = 0.1,

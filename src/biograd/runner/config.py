@@ -53,6 +53,8 @@ class Config:
     weight_decay: float = 0.0
     feedback_lr: float | None = None
     feedback_weight_decay: float | None = None
+    feedback_epochs: int | None = None
+    extra_feedback_epochs: int | None = None
     scheduler: str = "none"
     seed: int = 0
     threads: int = 0
@@ -145,8 +147,9 @@ def _check_range(cfg: Config) -> None:
                 "cost_repeats"):
         if getattr(cfg, key) < 0:
             raise bad(key, ">= 0")
-    if cfg.feedback_weight_decay is not None and cfg.feedback_weight_decay < 0:
-        raise bad("feedback_weight_decay", ">= 0 (or null)")
+    for key in ("feedback_weight_decay", "feedback_epochs", "extra_feedback_epochs"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 0:
+            raise bad(key, ">= 0 (or null)")
     for key in ("train_subset", "test_subset"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise bad(key, ">= 1 (or null for the whole split)")

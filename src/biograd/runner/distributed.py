@@ -91,6 +91,15 @@ class Dist:
         loss_sum, correct, count = self.sum([loss_sum, correct, float(len(local))])
         return loss_sum / count, correct, int(count)
 
+    def feedback_step(self, rule: LearningRule, x_all: Tensor, y_all: Tensor,
+                      index: Tensor) -> None:
+        """``rule.feedback_only_step`` on this rank's shard of ``index``, then rank 0's
+        feedback is broadcast (as after a training step, :meth:`sync_state`)."""
+        local = self.shard(index)
+        if len(local):
+            rule.feedback_only_step(x_all[local].to(self.device), y_all[local].to(self.device))
+        self.sync_state(rule)
+
     def all_ok(self, ok: bool) -> bool:
         """True on every rank iff ``ok`` on every rank (so all ranks raise or go on together)."""
         if not self.enabled:

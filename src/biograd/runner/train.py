@@ -50,6 +50,34 @@ def rule_args_of(cfg: Config) -> dict[str, Any]:
     return args
 
 
+def feedback_schedule(cfg: Config, rule: LearningRule) -> tuple[int, int]:
+    """Feedback-only epochs ``(before training, after each epoch)``: the config's
+    ``feedback_epochs`` / ``extra_feedback_epochs``, or the rule's ``FEEDBACK_EPOCHS`` where
+    null; ConfigError if asked of a rule without a feedback-only phase."""
+    before, after = type(rule).FEEDBACK_EPOCHS
+    before = before if cfg.feedback_epochs is None else cfg.feedback_epochs
+    after = after if cfg.extra_feedback_epochs is None else cfg.extra_feedback_epochs
+    has_phase = type(rule).feedback_only_step is not LearningRule.feedback_only_step
+    if (before or after) and not has_phase:
+        raise ConfigError(
+            f"config keys 'feedback_epochs'/'extra_feedback_epochs': rule {cfg.rule!r} trains "
+            f"no feedback of its own, so it has no feedback-only epochs; leave them null"
+        )
+    return before, after
+
+
+def _feedback_epochs(cfg: Config, rule: LearningRule, ddp: Dist, data: RunData, count: int,
+                     tag: int) -> float:
+    """``count`` feedback-only passes over the training set (own shuffles); returns seconds."""
+    t0 = time.perf_counter()
+    n = len(data.train_x)
+    for k in range(count):
+        order = torch.Generator().manual_seed(cfg.seed * 100_003 + 50_021 * (tag + 1) + k)
+        for index in torch.randperm(n, generator=order).split(cfg.batch_size):
+            ddp.feedback_step(rule, data.train_x, data.train_y, index)
+    return time.perf_counter() - t0
+
+
 def make_optimizer(cfg: Config, rule: LearningRule) -> torch.optim.Optimizer:
     """SGD or Adam over ``rule.param_groups(feedback_lr)``; feedback weight decay defaults to
     ``weight_decay``. Parameters the rule decays itself (Kolen-Pollack's W and B) are in groups
@@ -192,6 +220,10 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
     step, status, reason, truncated = int(ck["step"]), "completed", None, False
     started = time.perf_counter()
     n = len(data.train_x)
+    fb_before, fb_after = feedback_schedule(cfg, rule)
+    fb_seconds = 0.0  # feedback-only epochs count into the next epoch's seconds
+    if fb_before and not resume:
+        fb_seconds = _feedback_epochs(cfg, rule, ddp, data, fb_before, tag=0)
     for epoch in range(int(ck["epoch"]), cfg.epochs):
         batches = torch.randperm(n, generator=_epoch_generator(cfg.seed, epoch)).split(
             cfg.batch_size)
@@ -245,7 +277,10 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
             break
         if sched is not None:
             sched.step()
-        acc["seconds"] += time.perf_counter() - t0
+        acc["seconds"] += time.perf_counter() - t0 + fb_seconds
+        fb_seconds = 0.0
+        if fb_after and not cut and epoch + 1 < cfg.epochs:  # Meulemans et al.'s extra epoch
+            acc["seconds"] += _feedback_epochs(cfg, rule, ddp, data, fb_after, tag=epoch + 1)
         row = _epoch_row(cfg, rule, data, acc, epoch, step, opt.param_groups[0]["lr"])
         history.append(row)
         if main:
