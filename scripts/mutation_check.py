@@ -135,7 +135,10 @@ class Run:
         if self.proc is not None:
             self.proc.wait()
         else:
-            os.waitpid(self.pid, 0)
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:  # already reaped
+                pass
 
 
 def _failed_tests(text: str) -> list[str]:
@@ -146,8 +149,18 @@ def _failed_tests(text: str) -> list[str]:
 def run_jobs(jobs: list[Job], works: list[Path], fork: bool, deadline: float) -> None:
     """Run ``jobs`` on the worker copies ``works`` (one job per copy at a time) until done or
     ``deadline`` (``time.perf_counter``); jobs not finished by then stay 'not run'."""
-    queue, free = list(jobs), list(works)
     running: list[tuple[Run, Job, Path, str | None]] = []
+    try:
+        _run_jobs(list(jobs), list(works), fork, deadline, running)
+    finally:  # interrupted (Ctrl-C, a failure here): stop the children, restore the copies
+        for run, job, work, original in running:
+            run.kill()
+            if original is not None and job.mutant is not None:
+                (work / job.mutant.file).write_text(original)
+
+
+def _run_jobs(queue: list[Job], free: list[Path], fork: bool, deadline: float,
+              running: list[tuple[Run, Job, Path, str | None]]) -> None:
     while queue or running:
         while queue and free and time.perf_counter() < deadline:
             job, work = queue.pop(0), free.pop()
@@ -196,13 +209,13 @@ def _workers(requested: int | None) -> int:
     if requested:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, cores or 1)
+    return max(1, min(cores or 1, 8))  # each worker holds a torch process (~0.3-0.5 GB)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=None, help="parallel pytest runs "
-                        "(default: the usable cores)")
+                        "(default: the usable cores, at most 8)")
     parser.add_argument("--timeout", type=float, default=60.0, help="least seconds per mutant")
     parser.add_argument("--timeout-factor", type=float, default=5.0,
                         help="a mutant may take this many times its selection's unmutated time")
