@@ -369,6 +369,47 @@ MUTANTS += group(O + "tp_losses.py", sel(TP, "dtp"), [
      "return loss_grad * output.shape[0]", "return loss_grad"),
 ])
 
+# DTP-sigma (P1, our linear-inverse reading) and the DDTP baselines of P2
+DTPS = sel(["tests/test_dtp_sigma.py", "tests/test_mutation_kills.py"], "dtp_sigma")
+MUTANTS += group(O + "tp_activations.py", DTPS, [
+    ("dtp_sigma: identity inverse keeps the layer nonlinearity", "wrong operand", CORE,
+     '    "identity": identity_activation,', '    "identity": same_activation,'),
+])
+MUTANTS += group(R + "dtp_sigma.py", DTPS, [
+    ("dtp_sigma: default inverse is DTP's", "wrong operand", CORE,
+     'feedback_activation: str = "identity"', 'feedback_activation: str = "same"'),
+])
+MUTANTS += group(O + "tp_losses.py", DTPS, [
+    ("dtp_sigma: output error sign", "flipped sign", CORE,
+     "    return p - torch.nn.functional.one_hot(y.long(), output.shape[-1]).to(p.dtype)",
+     "    return torch.nn.functional.one_hot(y.long(), output.shape[-1]).to(p.dtype) - p"),
+])
+DDTP = sel(["tests/test_ddtp.py", "tests/test_feedback_epochs.py"], "ddtp")
+MUTANTS += group(O + "direct_feedback_tp.py", DDTP, [
+    ("ddtp: target shift sign", "flipped sign", CORE,
+     "    shift = top - outputs[-1]", "    shift = outputs[-1] - top"),
+    ("ddtp: DRL reconstructs minus the noise", "flipped sign", CORE,
+     "    residual = q(da, z) - eps", "    residual = q(da, z) + eps"),
+    ("ddtp: DRL without 1/sigma^2", "dropped factor", CORE,
+     "    value = residual.pow(2).flatten(1).sum(1).mean() / sigma**2",
+     "    value = residual.pow(2).flatten(1).sum(1).mean()"),
+    ("ddtp: damping sign", "flipped sign", CORE,
+     "    return value + damping * q.weight.pow(2).sum() if damping else value",
+     "    return value - damping * q.weight.pow(2).sum() if damping else value"),
+])
+MUTANTS += group(R + "_ddtp.py", DDTP, [
+    ("ddtp: feedback trained once whatever K", "skipped update", AUX,
+     "            for _ in range(self.feedback_steps[l]):", "            for _ in range(1):"),
+])
+MUTANTS += group(R + "s_ddtp.py", DDTP, [
+    ("s_ddtp: no feedback-only epochs", "skipped update", CORE,
+     "    FEEDBACK_EPOCHS = (10, 1)", "    FEEDBACK_EPOCHS = (0, 0)"),
+])
+MUTANTS += group("src/biograd/runner/train.py", DDTP, [
+    ("runner: feedback-only epochs skipped", "skipped update", AUX,
+     "    for k in range(count):", "    for k in range(0):"),
+])
+
 # ---------------------------------------------------------------------- exact PC on graphs
 MUTANTS += group("src/biograd/graph/inference.py",
                  sel(["tests/test_zil.py", "tests/test_predictive_coding.py"], "zil"), [
@@ -387,5 +428,5 @@ MUTANTS += group("src/biograd/graph/inference.py",
 # - rules/activation_relaxation.py INITS "forward" -> zeros: the same fixed point (the tests
 #   relax from both starts), only the path to it differs.
 # Pending areas (being rewritten now; add one group() each when they settle): graph/* and
-# rules/zil.py beyond the one mutant above, rules/dtp_sigma.py, the DDTP rules, ops/convert.py,
+# rules/zil.py beyond the one mutant above, ops/convert.py,
 # and more of rules/_backward.py.
