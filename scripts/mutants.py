@@ -410,6 +410,21 @@ MUTANTS += group("src/biograd/runner/train.py", DDTP, [
      "    for k in range(count):", "    for k in range(0):"),
 ])
 
+# no silent backprop: the first-step walk over the autograd graph (ops/autograd_paths.py)
+NSB = sel(["tests/test_no_silent_backprop.py"], "feedback_alignment")
+MUTANTS += group(O + "autograd_paths.py", NSB, [
+    ("silent backprop: a reached parameter is not refused", "skipped check", CORE,
+     "                raise UnsupportedModelError(self._silent_message(rule, name, node, parent))",
+     "                pass"),
+    ("silent backprop: the walk enters the converted op's parameter edges", "wrong operand",
+     CORE, "                nexts = [call.inp[0]] if call.inp is not None else []",
+     "                nexts = [f for f, _ in node.next_functions if f is not None]"),
+    ("silent backprop: a weight recomputed per call is not traced", "skipped check", AUX,
+     "                    self._derived.setdefault(t.grad_fn, "
+     "f\"{layer.path}.{name}\".lstrip(\".\"))",
+     "                    pass"),
+])
+
 # ---------------------------------------------------------------------- exact PC on graphs
 MUTANTS += group("src/biograd/graph/inference.py",
                  sel(["tests/test_zil.py", "tests/test_predictive_coding.py"], "zil"), [

@@ -301,3 +301,28 @@ def test_predictive_coding_graph_mode_updates_a_functional_weight_locally() -> N
         e = (torch.softmax(F.linear(t, model.fc.weight), 1) - F.one_hot(y, 5)) / 5
     torch.testing.assert_close(model.fc.weight.grad, e.T @ t)
     assert float(model.head.weight.grad.abs().max()) == 0.0
+
+
+class WeightNormFunctional(nn.Module):
+    """A weight_norm layer (its ``weight`` recomputed from ``weight_g``/``weight_v`` at every
+    call) whose weight of this call is also read functionally."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.utils.weight_norm(nn.Linear(6, 6))
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.fc(x))
+        return self.head(torch.tanh(F.linear(h, self.fc.weight)))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_recomputed_weight_read_functionally_is_named_as_the_weight() -> None:
+    """The walk reaches the per-call weight before its (g, v) parameters: the error names
+    ``fc.weight``, the tensor the model's code read, not an internal of weight_norm."""
+    torch.manual_seed(0)
+    rule = biograd.create_rule("feedback_alignment", WeightNormFunctional())
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(biograd.UnsupportedModelError, match=r"'fc\.weight'"):
+        rule.step(x, y)
