@@ -81,7 +81,7 @@ def _zil(kind: str, dtype: torch.dtype, exact_shortcut: bool):
     """(rule, parameter updates, metrics) of one Z-IL step on ``kind``'s model and batch."""
     model, x, y = _model(kind)
     model, x = model.to(dtype), x.to(dtype)
-    rule = biograd.create_rule("zil", model, exact_shortcut=exact_shortcut)
+    rule = biograd.create_rule("zil", model, exact_shortcut=exact_shortcut, energy_trace=True)
     metrics = rule.step(x, y).metrics
     return rule, {n: p.grad for n, p in model.named_parameters()}, metrics
 
@@ -185,7 +185,8 @@ def test_perturbed_initial_values_break_exactness() -> None:
 
 @pytest.mark.parametrize("exact_shortcut", [True, False])
 def test_energy_trace_starts_with_the_output_error(exact_shortcut: bool) -> None:
-    diffs, rule, result, model, _ = _updates_vs_backprop("mlp", exact_shortcut=exact_shortcut)
+    diffs, rule, result, model, _ = _updates_vs_backprop("mlp", exact_shortcut=exact_shortcut,
+                                                         energy_trace=True)
     x, y = _model("mlp")[1:]
     e_out = output_error(rule.loss_fn, model(x.double()), y)
     assert result.metrics["energy_0"] == pytest.approx(0.5 * float(e_out.pow(2).sum()))

@@ -29,90 +29,35 @@ from torch import Tensor, nn
 from biograd.graph.capture import CLAMPED, PCGraph
 from biograd.graph.evaluate import Consts, forward, predict
 from biograd.graph.guards import frozen_buffers
+from biograd.graph.plan import FrontierPlan, levels_of  # noqa: F401 (re-exported)
+from biograd.graph.plan import Write as OwnedWrite
 
 Write = Callable[[nn.Parameter, Tensor], None]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def levels_of(graph: PCGraph) -> list[list[int]]:
-    """Live non-clamped vertices grouped by level (index = level); cached on the graph."""
-    cached = getattr(graph, "_levels", None)
-    if cached is not None:
-        return cached
-    out: list[list[int]] = [[] for _ in range(graph.depth + 1)]
-    for i in graph.order:
-        lv = graph.level[i]
-        if lv is not None and graph.vertices[i].kind not in CLAMPED:
-            out[lv].append(i)
-    graph._levels = out  # type: ignore[attr-defined]
-    return out
-
-
-def _cut(graph: PCGraph) -> Callable[[int, Tensor], Tensor]:
-    """Children see a detached copy of each free value node (clamped ones need no grad)."""
-    def leaf(i: int, mu: Tensor) -> Tensor:
-        if graph.vertices[i].kind in CLAMPED:
-            return mu
-        return mu.detach().requires_grad_(True)
-    return leaf
-
-
 def zil_frontier(
-    graph: PCGraph, x: Tensor, y: Tensor, loss_fn: LossFn, write: Write,
-    check: Callable[[Tensor], None] | None = None,
+    graph: PCGraph, x: Tensor, y: Tensor, loss_fn: LossFn, write: OwnedWrite,
+    check: Callable[[Tensor], None] | None = None, levels_per_call: int = 1,
+    trace: bool = True,
 ) -> tuple[Tensor, Tensor, list[float]]:
     """Z-IL under C1-C3 on a levelled graph: returns (loss, output, frontier energies).
 
-    The feed-forward sweep cuts the autograd graph at every value node (C1: x_v = mu_v, all
-    errors zero). Step t then propagates the errors of the level-t frontier to level t + 1 and
-    writes the frontier's parameter updates (C2), with gamma = 1 (C3): identity vertices pass
-    their error on unchanged, other vertices use their recorded vjp. ``energies[t]`` is
-    1/2 sum ||e_v(t)||^2 over the frontier, the energy carried by the wave at step t.
+    Runs the graph's :class:`~biograd.graph.plan.FrontierPlan` (compiled on first use, kept
+    on the graph): the feed-forward sweep sets every value node to its prediction (C1: all
+    errors zero but the output's), then step t propagates the level-t errors to level t + 1
+    through each vertex's local vjp and writes the level-t parameter updates (C2), with
+    gamma = 1 (C3); ``levels_per_call`` steps per autograd call. With ``trace``,
+    ``energies[t]`` is 1/2 sum ||e_v(t)||^2 over the level-t vertices, the energy the wave
+    carries at step t (one norm per vertex); without it the list is empty.
     ``check(output)`` runs before any update is written (label validation).
     """
-    with torch.enable_grad():
-        values, mus, _ = forward(graph, x, _cut(graph))
-        out = mus[graph.output]
-        assert out is not None
-        if check is not None:
-            check(out)
-        loss = loss_fn(out, y)
-    grads: dict[int, Tensor] = {}
-    carried: list[list[Tensor]] = []
-    for t, frontier in enumerate(levels_of(graph)):
-        ops: list[int] = []
-        for i in frontier:
-            v = graph.vertices[i]
-            if v.kind == "identity" and i in grads:
-                p = v.parents[0]
-                grads[p] = grads[p] + grads[i] if p in grads else grads[i]
-            elif v.kind == "op" and mus[i].requires_grad and (i in grads or t == 0):  # type: ignore[union-attr]
-                ops.append(i)
-        parents = sorted({p for i in ops for p in graph.vertices[i].parents
-                          if values[p].requires_grad})  # type: ignore[union-attr]
-        params = list({id(p): p for i in ops for p in graph.vertices[i].params}.values())
-        if t == 0:  # the output error dL/dmu_out comes out of the same vjp call
-            res = torch.autograd.grad([loss], [out, *[values[p] for p in parents], *params],
-                                      allow_unused=True) if ops else (None,)
-            if res[0] is not None:
-                grads[graph.output] = res[0]
-            res = res[1:]
-        elif ops:
-            res = torch.autograd.grad([mus[i] for i in ops],
-                                      [values[p] for p in parents] + params,
-                                      [grads[i] for i in ops], allow_unused=True)
-        else:
-            res = ()
-        carried.append([grads[i] for i in frontier if i in grads])
-        for p, g in zip(parents, res[: len(parents)], strict=True):
-            if g is not None:
-                grads[p] = grads[p] + g if p in grads else g
-        for p, g in zip(params, res[len(parents):], strict=True):
-            if g is not None:
-                write(p, g)
-        for i in ops:
-            mus[i] = None
-    return loss.detach(), out.detach(), _half_squared_norms(carried)
+    plans = graph.__dict__.setdefault("_plans", {})
+    plan = plans.get((levels_per_call, trace))
+    if plan is None:
+        plan = plans[levels_per_call, trace] = FrontierPlan(graph, levels_per_call, trace)
+    loss, out, carried = plan.run(x, y, loss_fn, write, check)
+    return loss, out, _half_squared_norms(carried)
 
 
 def _half_squared_norms(groups: list[list[Tensor]]) -> list[float]:

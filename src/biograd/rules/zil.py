@@ -28,6 +28,7 @@ full dynamics (updates and the energy the error wave carries), not only against 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -43,6 +44,10 @@ from biograd.graph.capture import PCGraph
 from biograd.graph.inference import PCInference, levels_of, zil_frontier
 
 Outcome = tuple[Tensor, Tensor, dict[str, list[float]]]  # loss, output, traces
+#: steps of the fast path per autograd call (measured on CPU: one call per step costs 1.2x
+#: to 2.4x backprop on the 28-step RNN / LSTM, 8 steps per call 1.0x to 1.5x;
+#: docs/algorithms/pc_zil.md, "Cost")
+LEVELS_PER_CALL = 8
 
 
 class Schedule(Protocol):
@@ -56,12 +61,32 @@ class FrontierSchedule:
     level-t frontier, through the vjps recorded in the forward pass. Under those conditions
     this is the same computation as :class:`RelaxSchedule` restricted to the vertices whose
     errors change (P5 Thm. 1); it is the backprop recursion run level by level, so comparing
-    it with autograd alone proves nothing about predictive coding."""
+    it with autograd alone proves nothing about predictive coding.
+
+    The schedule is compiled once per graph (:class:`biograd.graph.plan.FrontierPlan`): a
+    generated feed-forward sweep, then the loss's vjp (the output error of C1), then
+    ``rule.levels_per_call`` steps per autograd call (1: one call per step; more: the
+    engine runs the steps of a group back to back, the same local vjps in the same order of
+    levels, see the plan's docstring). With ``rule.energy_trace`` the wave energies are
+    returned (one norm per vertex per step, and an autograd node per identity vertex)."""
 
     def run(self, rule: ZIL, graph: PCGraph, x: Tensor, y: Tensor) -> Outcome:
-        loss, out, wave = zil_frontier(graph, x, y, rule.loss_fn, rule.accumulate_grad,
-                                       check=lambda o: rule.check_labels(o, y))
-        return loss, out, {"energy": wave}
+        loss, out, wave = zil_frontier(graph, x, y, rule.loss_fn, _write(rule),
+                                       check=lambda o: rule.check_labels(o, y),
+                                       levels_per_call=rule.levels_per_call,
+                                       trace=rule.energy_trace)
+        return loss, out, {"energy": wave} if rule.energy_trace else {}
+
+
+def _write(rule: ZIL) -> Callable[[nn.Parameter, Tensor, bool], None]:
+    """The rule's ``.grad`` accumulation; an update no other tensor shares becomes ``.grad``
+    itself when there is none yet (no copy, as autograd's own accumulation does)."""
+    def write(p: nn.Parameter, d: Tensor, owned: bool) -> None:
+        if owned and p.grad is None and d.dtype == p.dtype and d.shape == p.shape:
+            p.grad = d.detach()
+        else:
+            rule.accumulate_grad(p, d)
+    return write
 
 
 class RelaxSchedule:
@@ -117,12 +142,16 @@ class ZIL(LearningRule):
         levelling: bool = True,
         init_noise: float = 0.0,
         exact_shortcut: bool = True,
+        levels_per_call: int = LEVELS_PER_CALL,
+        energy_trace: bool = False,
     ) -> None:
         super().__init__(model, loss)
         self.gamma = checks.positive(self.name, "gamma", gamma)
         self.levelling = checks.flag(self.name, "levelling", levelling)
         self.init_noise = checks.positive(self.name, "init_noise", init_noise, allow_zero=True)
         self.exact_shortcut = checks.flag(self.name, "exact_shortcut", exact_shortcut)
+        self.levels_per_call = checks.positive_int(self.name, "levels_per_call", levels_per_call)
+        self.energy_trace = checks.flag(self.name, "energy_trace", energy_trace)
         self._cache = GraphCache(self.name, self.levelling)
         self.schedule: Schedule = (
             FrontierSchedule() if exact_shortcut and self.conditions_hold else RelaxSchedule()
@@ -141,8 +170,11 @@ class ZIL(LearningRule):
         self.check_batch(x, y)
         graph = self.graph(x)
         loss, out, traces = self.schedule.run(self, graph, x, y)
-        for p in self.forward_parameters():  # parameters off every path to the output
-            if p.grad is None:
+        trainable = graph.__dict__.get("_trainable")
+        if trainable is None:  # the model's trainable parameters when the graph was captured
+            trainable = graph.__dict__["_trainable"] = self.forward_parameters()
+        for p in trainable:  # parameters off every path to the output
+            if p.grad is None and p.requires_grad:
                 self.accumulate_grad(p, torch.zeros_like(p))
         metrics = {f"{name}_{t}": e for name, trace in traces.items()
                    for t, e in enumerate(trace)}
@@ -151,4 +183,4 @@ class ZIL(LearningRule):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, gamma={self.gamma}, levelling={self.levelling}, "
-                f"init_noise={self.init_noise}")
+                f"init_noise={self.init_noise}, levels_per_call={self.levels_per_call}")
