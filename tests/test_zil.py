@@ -13,14 +13,15 @@ from torch import Tensor, nn
 import biograd
 from biograd.core.losses import output_error
 from biograd.core.relax import relax
-from biograd.graph import PCInference
+from biograd.graph import PCInference, forward
+from biograd.graph import plan as plan_module
 from biograd.metrics.alignment import max_relative_difference
 from biograd.models.sequence import (
     lstm_classifier,
     rnn_classifier,
     transformer_block_classifier,
 )
-from biograd.rules.zil import FrontierSchedule, RelaxSchedule
+from biograd.rules.zil import LEVELS_PER_CALL, FrontierSchedule, RelaxSchedule
 from tests.conftest import make_model
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -132,6 +133,110 @@ def test_fast_path_equals_the_full_dynamics(kind: str, dtype: torch.dtype) -> No
     assert max(to_bp.values()) <= TOL[dtype], to_bp
 
 
+@pytest.mark.parametrize("grouping", [(1, True), (3, False), (LEVELS_PER_CALL, False)])
+@pytest.mark.parametrize("kind", ARCHS)
+def test_every_grouping_of_steps_is_the_same_dynamics(kind: str, grouping) -> None:
+    """One autograd call per inference step (levels_per_call=1, every value node cut), or
+    several steps per call (the engine runs the same local vjps level after level), with or
+    without the energy trace: the updates are those of the full PC dynamics, and so is the
+    energy the wave carries at every step."""
+    k, trace = grouping
+    _, full_grads, full_m = _zil(kind, torch.float64, False)
+    model, x, y = _model(kind)
+    model, x = model.double(), x.double()
+    rule = biograd.create_rule("zil", model, levels_per_call=k, energy_trace=trace)
+    metrics = rule.step(x, y).metrics
+    assert isinstance(rule.schedule, FrontierSchedule)
+    diffs = {n: max_relative_difference(p.grad, full_grads[n])
+             for n, p in model.named_parameters()}
+    assert max(diffs.values()) <= FULL_TOL[torch.float64], diffs
+    if trace:
+        assert _traces(metrics, "energy") == pytest.approx(_traces(full_m, "energy"),
+                                                           rel=1e-10, abs=0)
+    else:
+        assert set(metrics) == {"inference_steps"}
+
+
+@pytest.mark.parametrize("kind", ARCHS)
+def test_the_compiled_sweep_sets_every_value_node_to_its_prediction(kind: str) -> None:
+    """C1 through the generated code: the fast path's feed-forward sweep gives every vertex
+    the value the vertex-by-vertex interpreter (biograd.graph.forward) gives it."""
+    model, x, _ = _model(kind)
+    model, x = model.double().eval(), x.double()
+    rule = biograd.create_rule("zil", model, levels_per_call=2)
+    graph = rule.graph(x)
+    plan = plan_module.FrontierPlan(graph, levels_per_call=2)
+    with torch.no_grad():
+        _, mus, _ = forward(graph, x)
+        outs = plan.sweep(x)
+    assert set(plan.mu_at) == {i for i, v in enumerate(graph.vertices) if v.kind != "input"}
+    for i, at in plan.mu_at.items():
+        assert torch.equal(outs[at], mus[i]), graph.vertices[i].name
+
+
+def test_the_wave_starts_from_the_output_error_never_from_the_loss(monkeypatch) -> None:
+    """The loss enters once, through its own vjp, which returns only e_out (C1's one non-zero
+    error); every later call starts from the errors of a level of value nodes. With one step
+    per call there is one call per level."""
+    calls: list[tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] = []
+    vjp = plan_module._vjp
+
+    def spy(roots, grads, inputs):  # type: ignore[no-untyped-def]
+        calls.append((tuple(roots), tuple(inputs)))
+        return vjp(roots, grads, inputs)
+
+    monkeypatch.setattr(plan_module, "_vjp", spy)
+    model, x, y = _model("mlp")
+    rule = biograd.create_rule("zil", model, levels_per_call=1)
+    rule.step(x, y)
+    graph = rule.graph(x)
+    assert len(calls) == 1 + graph.depth + 1
+    (loss,), first_inputs = calls[0]
+    assert loss.dim() == 0 and len(first_inputs) == 1
+    assert first_inputs[0].shape == model(x).shape
+    assert all(r.dim() == 2 and r.shape[0] == x.shape[0] for roots, _ in calls[1:] for r in roots)
+
+
+class _SharedBias(nn.Module):
+    """Batch-shaped biases: autograd hands the same gradient tensor to both addends of a sum
+    (no broadcast to undo), so R's and S's updates and the errors of lin1 and of the sums
+    can all be one tensor; P is added at two levels, so its updates come from two steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin1, self.lin2, self.out = nn.Linear(5, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+        self.P, self.R, self.S = (nn.Parameter(torch.randn(7, 6) * 0.3) for _ in range(3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.lin1(x) + self.P)
+        h = torch.tanh(self.lin2(h) + self.R + self.S)
+        return self.out(h + self.P)
+
+
+@pytest.mark.parametrize("k", [1, 2, LEVELS_PER_CALL])
+def test_an_update_aliasing_an_error_is_copied_not_stolen(k: int) -> None:
+    """An update that shares its storage with an error still in use must not become .grad
+    (a later step adds into .grad in place): the updates, and the errors the wave carries,
+    stay those of the full dynamics; two steps accumulate like autograd."""
+    torch.manual_seed(0)
+    model = _SharedBias().double()
+    x, y = torch.randn(7, 5, dtype=torch.float64), torch.randint(0, 3, (7,))
+    full_model = copy.deepcopy(model)
+    full = biograd.create_rule("zil", full_model, exact_shortcut=False)
+    full_m = full.step(x, y).metrics
+    rule = biograd.create_rule("zil", model, levels_per_call=k, energy_trace=True)
+    metrics = rule.step(x, y).metrics
+    assert _traces(metrics, "energy") == pytest.approx(_traces(full_m, "energy"),
+                                                       rel=1e-10, abs=0)
+    for p, q in zip(model.parameters(), full_model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=0)
+    ptrs = [p.grad.untyped_storage().data_ptr() for p in model.parameters()]
+    assert len(set(ptrs)) == len(ptrs)
+    rule.step(x, y)  # accumulates, as autograd does
+    for p, q in zip(model.parameters(), full_model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, 2 * q.grad, rtol=1e-10, atol=0)
+
+
 @pytest.mark.parametrize("kind", ["lstm", "transformer"])
 def test_c1_holds_exactly_so_nothing_ahead_of_the_wave_moves(kind: str) -> None:
     """C1 makes every error but the output's exactly zero, so under the dynamics a vertex at
@@ -230,6 +335,8 @@ def test_bad_labels_raise_before_any_update() -> None:
         ({"init_noise": -0.1}, "init_noise must be >= 0"),
         ({"levelling": "yes"}, "levelling must be True or False"),
         ({"exact_shortcut": 1}, "exact_shortcut must be True or False"),
+        ({"levels_per_call": 0}, "levels_per_call must be"),
+        ({"energy_trace": "no"}, "energy_trace must be True or False"),
     ],
 )
 def test_bad_hyper_parameters_are_config_errors(hp: dict, match: str) -> None:
