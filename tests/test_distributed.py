@@ -199,3 +199,13 @@ def test_device_and_backend_choice() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="PyTorch sees no CUDA device"):
             resolve_device("cuda:1", local_rank=1)
+
+
+def test_rank_zero_logs_the_rules_step_metrics(two_ranks: Path) -> None:
+    if "ldrl" not in biograd.list_rules():
+        pytest.skip("ldrl is not registered")
+    from biograd.runner.rundir import read_rows
+
+    rows = read_rows(two_ranks / "ldrl" / "metrics.csv")
+    cols = [c for c in rows[0] if c.startswith("rule/feedback_loss/")]
+    assert cols and all(isinstance(r[c], float) for r in rows for c in cols)

@@ -63,3 +63,20 @@ def load_data(cfg: Config) -> RunData:
     num_classes = max(info.num_classes, int(train_y.max()) + 1 if len(train_y) else 0)
     return RunData(train_x, train_y, test_x, test_y, val_x, val_y, tuple(train_x.shape[1:]),
                    num_classes)
+
+
+#: share of the GPU's free memory the training set may take to be kept on the device
+DEVICE_SHARE = 0.25
+
+
+def on_device_if_it_fits(x: Tensor, y: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The training set moved to ``device`` once when it takes at most ``DEVICE_SHARE`` of the
+    GPU's free memory (batches are then indexed there, with no copy per step); otherwise, and
+    on the CPU, the host tensors as they are (each batch is moved when it is used)."""
+    if device.type != "cuda":
+        return x, y
+    free, _ = torch.cuda.mem_get_info(device)
+    size = x.numel() * x.element_size() + y.numel() * y.element_size()
+    if size > DEVICE_SHARE * free:
+        return x, y
+    return x.to(device), y.to(device)

@@ -2,9 +2,10 @@
 
 ``device`` is ``cpu`` (the default), ``cuda`` (under torchrun: ``cuda:LOCAL_RANK``, one GPU per
 process), ``cuda:N`` or ``auto`` (``cuda`` when a GPU is visible, else ``cpu``). The model and
-the rule live on that device; the dataset stays in host memory and each batch is moved when it
-is used. ``dist_backend`` ``auto`` picks NCCL for CUDA runs and gloo for CPU runs (gloo also
-reduces CUDA tensors, e.g. for several processes sharing one GPU).
+the rule live on that device; the training set is moved there once when it fits
+(:func:`biograd.runner.data.on_device_if_it_fits`), else each batch is moved when it is used.
+``dist_backend`` ``auto`` picks NCCL for CUDA runs and gloo for CPU runs (gloo also reduces CUDA
+tensors, e.g. for several processes sharing one GPU).
 
 Rules draw their randomness from their own CPU generator and move it to the device, so a run
 draws the same noise on every device and resumes identically.
@@ -73,6 +74,30 @@ def backend_for(device: torch.device, requested: str) -> str:
         raise ConfigError("config key 'dist_backend' is 'nccl' but device is 'cpu': NCCL "
                           "reduces GPU tensors only; use --dist_backend=gloo or --device=cuda")
     return requested
+
+
+#: environment variable a parallel grid sets in each worker: how many runs share the machine
+JOBS_ENV = "BIOGRAD_JOBS"
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def thread_count(threads: int) -> int:
+    """torch's thread count for a run: ``threads`` if set, else the cores given to this process
+    divided among the runs sharing them: ``BIOGRAD_JOBS`` parallel grid runs (``--jobs``)
+    times torchrun's ``LOCAL_WORLD_SIZE`` processes on this node (at least 1)."""
+    if threads:
+        return threads
+    share = 1
+    for var in (JOBS_ENV, "LOCAL_WORLD_SIZE"):
+        value = os.environ.get(var, "1")
+        share *= int(value) if value.isdigit() and int(value) > 0 else 1
+    return max(1, available_cores() // share)
 
 
 def local_rank() -> int | None:

@@ -12,7 +12,8 @@ shard. Then:
    the full batch's update for every rule whose update is a mean over samples (a ragged last
    batch included); a parameter to which no rank gave a ``.grad`` keeps none;
 2. the step's loss sum, correct count and sample count are summed the same way, so every rank
-   sees the same loss and takes the same divergence decision;
+   sees the same loss and takes the same divergence decision (the rule's step metrics, which
+   only rank 0 writes, are rank 0's shard's);
 3. after ``optimizer.step()``, :meth:`Dist.sync_state` broadcasts from rank 0 what a rule may
    change outside ``.grad``: its buffers, all its parameters outside the model (trainable
    feedback weights and frozen ones trained by an inner loop) and every module's extra state
@@ -74,22 +75,27 @@ class Dist:
         return result
 
     def step(self, rule: LearningRule, x_all: Tensor, y_all: Tensor, index: Tensor,
-             ) -> tuple[float, float, int]:
+             ) -> tuple[float, float | Tensor, int, dict[str, float]]:
         """``rule.step`` on this rank's shard of the global batch ``index``; returns the whole
-        batch's (mean loss, correct count, sample count), with ``.grad`` averaged over ranks.
-        The shard is moved to :attr:`device` (the dataset stays in host memory)."""
+        batch's (mean loss, correct count, sample count) and the rule's step metrics, with
+        ``.grad`` averaged over ranks. The shard is moved to :attr:`device` (a no-op when the
+        dataset is kept there). In one process the correct count stays a tensor (no host sync);
+        under torchrun the metrics are this rank's shard's (rank 0's are the ones logged; no
+        extra communication)."""
         local = self.shard(index)
         x, y = x_all[local].to(self.device), y_all[local].to(self.device)
         if not self.enabled:
             res = rule.step(x, y)
-            return res.loss, float((res.output.argmax(-1) == y).sum()), len(y)
+            return res.loss, (res.output.argmax(-1) == y).sum(), len(y), res.metrics
         loss_sum = correct = 0.0
+        metrics: dict[str, float] = {}
         if len(local):  # a ragged last batch may leave a rank without samples
             res = rule.step(x, y)
             loss_sum, correct = res.loss * len(y), float((res.output.argmax(-1) == y).sum())
+            metrics = res.metrics
         self.reduce_grads(rule, len(local), len(index))
         loss_sum, correct, count = self.sum([loss_sum, correct, float(len(local))])
-        return loss_sum / count, correct, int(count)
+        return loss_sum / count, correct, int(count), metrics
 
     def feedback_step(self, rule: LearningRule, x_all: Tensor, y_all: Tensor,
                       index: Tensor) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from biograd.core.errors import CheckpointError, ConfigError
@@ -25,10 +26,12 @@ from biograd.core.registry import create_rule, rule_info
 from biograd.core.rule import LearningRule
 from biograd.runner import rundir
 from biograd.runner.config import Config
-from biograd.runner.data import RunData, load_data
+from biograd.runner.data import RunData, load_data, on_device_if_it_fits
+from biograd.runner.device import thread_count
 from biograd.runner.distributed import Dist, from_env
 from biograd.runner.measure import accuracy, angles, divergence, nonfinite_parameter
 from biograd.runner.models import build_model
+from biograd.runner.tally import METRIC_PREFIX, Tally
 from biograd.runner.validate import check_names, check_supported
 from biograd.runner.yamlio import write_yaml
 
@@ -66,15 +69,14 @@ def feedback_schedule(cfg: Config, rule: LearningRule) -> tuple[int, int]:
     return before, after
 
 
-def _feedback_epochs(cfg: Config, rule: LearningRule, ddp: Dist, data: RunData, count: int,
-                     tag: int) -> float:
+def _feedback_epochs(cfg: Config, rule: LearningRule, ddp: Dist, x: Tensor, y: Tensor,
+                     count: int, tag: int) -> float:
     """``count`` feedback-only passes over the training set (own shuffles); returns seconds."""
     t0 = time.perf_counter()
-    n = len(data.train_x)
     for k in range(count):
         order = torch.Generator().manual_seed(cfg.seed * 100_003 + 50_021 * (tag + 1) + k)
-        for index in torch.randperm(n, generator=order).split(cfg.batch_size):
-            ddp.feedback_step(rule, data.train_x, data.train_y, index)
+        for index in torch.randperm(len(x), generator=order).to(x.device).split(cfg.batch_size):
+            ddp.feedback_step(rule, x, y, index)
     return time.perf_counter() - t0
 
 
@@ -151,10 +153,10 @@ def train(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict
 
 
 def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str, Any]:
+    # -- set up: threads, seeds, data, model, rule, optimizer, scheduler -----------------------
     writer_cls = tensorboard_writer(cfg)
     out = run_dir_of(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(thread_count(cfg.threads))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -162,81 +164,55 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.model_args)
     rule = create_rule(cfg.rule, model.to(ddp.device), loss=cfg.loss, **rule_args_of(cfg))
-    on_gpu = ddp.device.type == "cuda"
     opt = make_optimizer(cfg, rule)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
              if cfg.scheduler == "cosine" else None)
+    train_x, train_y = on_device_if_it_fits(data.train_x, data.train_y, ddp.device)
     probe_x = data.train_x[: cfg.alignment_batch]
     probe_y = data.train_y[: cfg.alignment_batch]
 
-    ck: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "history": [], "alignment": [],
-                          "partial": {}}
-    refused: list[Path] = []
+    # -- resume (or start fresh) and prepare the run directory on rank 0 -----------------------
+    ck, refused = _resume_state(out, ddp) if resume else (_fresh_state(), [])
     if resume:
-        ck, refused = _resume_state(out, ddp)
-        try:
-            rule.load_state_dict(ck["rule"])
-            opt.load_state_dict(ck["optimizer"])
-            if sched is not None and ck.get("scheduler") is not None:
-                sched.load_state_dict(ck["scheduler"])
-            torch.set_rng_state(ck["torch_rng"])
-            if on_gpu and ck.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(ck["cuda_rng"], ddp.device)
-            if "python_rng" in ck:
-                rundir.set_host_rng_state(ck["python_rng"], ck["numpy_rng"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"checkpoint in {str(out)!r} does not fit this config (rule {cfg.rule!r}, "
-                f"model {cfg.model!r}): {exc}"
-            ) from None
+        _restore(cfg, out, ck, rule, opt, sched, ddp.device)
     history: list[dict[str, Any]] = list(ck["history"])
     align_rows: list[dict[str, Any]] = list(ck["alignment"])
-
-    def start() -> None:
-        rundir.prepare(out, overwrite=overwrite, resume=resume)
-        rundir.set_aside(refused)
-        write_yaml(out / rundir.CONFIG, cfg.to_dict())
-        rundir.write_rows(out / rundir.METRICS, history)  # resume: drop rows after the checkpoint
-        if align_rows:
-            rundir.write_rows(out / rundir.ALIGNMENT, align_rows)
-
-    ddp.on_main(start)
+    ddp.on_main(lambda: _start_run_dir(cfg, out, history, align_rows, refused,
+                                       overwrite=overwrite, resume=resume))
     main = ddp.is_main
     writer = writer_cls(str(out / "tensorboard")) if writer_cls and main else None
 
-    def checkpoint(epoch: int, batch: int, partial: dict[str, float]) -> None:
-        if not main:
-            return
-        rundir.save_checkpoint(out, {
-            "format": 1, "epoch": epoch, "batch": batch, "step": step, "partial": partial,
-            "rule": rule.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict() if sched is not None else None,
-            "torch_rng": torch.get_rng_state(), **rundir.host_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(ddp.device) if on_gpu else None,
-            "history": history, "alignment": align_rows,
-            "config": cfg.to_dict(),
-        }, keep=cfg.keep_checkpoints)
+    def checkpoint(epoch: int, batch: int, partial: dict[str, Any]) -> None:
+        if main:
+            rundir.save_checkpoint(out, {
+                "format": 1, "epoch": epoch, "batch": batch, "step": step, "partial": partial,
+                "rule": rule.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "torch_rng": torch.get_rng_state(), **rundir.host_rng_state(),
+                "cuda_rng": (torch.cuda.get_rng_state(ddp.device)
+                             if ddp.device.type == "cuda" else None),
+                "history": history, "alignment": align_rows, "config": cfg.to_dict(),
+            }, keep=cfg.keep_checkpoints)
 
+    # -- train -------------------------------------------------------------------------------
     step, status, reason, truncated = int(ck["step"]), "completed", None, False
     started = time.perf_counter()
-    n = len(data.train_x)
+    n = len(train_x)
     fb_before, fb_after = feedback_schedule(cfg, rule)
     fb_seconds = 0.0  # feedback-only epochs count into the next epoch's seconds
     if fb_before and not resume:
-        fb_seconds = _feedback_epochs(cfg, rule, ddp, data, fb_before, tag=0)
+        fb_seconds = _feedback_epochs(cfg, rule, ddp, train_x, train_y, fb_before, tag=0)
     for epoch in range(int(ck["epoch"]), cfg.epochs):
-        batches = torch.randperm(n, generator=_epoch_generator(cfg.seed, epoch)).split(
-            cfg.batch_size)
+        order = torch.randperm(n, generator=_epoch_generator(cfg.seed, epoch))
+        batches = order.to(train_x.device).split(cfg.batch_size)
         first = int(ck["batch"]) if epoch == int(ck["epoch"]) else 0
-        acc = dict(ck["partial"]) if first else {}
-        acc = {k: acc.get(k, 0.0)
-               for k in ("loss", "correct", "count", "seconds", "window_loss", "window_n")}
+        tally = Tally.from_state(ck["partial"]) if first else Tally()
         bar = tqdm(range(first, len(batches)), desc=f"{cfg.rule} epoch {epoch + 1}",
                    disable=not (main and sys.stderr.isatty()), leave=False)
         t0, cut = time.perf_counter(), False
         for b in bar:
             opt.zero_grad(set_to_none=True)
-            loss, correct, count = ddp.step(rule, data.train_x, data.train_y, batches[b])
+            loss, correct, count, metrics = ddp.step(rule, train_x, train_y, batches[b])
             reason = divergence(loss, rule, cfg.max_loss)
             if reason is not None:
                 status = "diverged"
@@ -248,20 +224,18 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
                 status = "diverged"
                 break
             step += 1
-            acc["loss"] += loss * count
-            acc["correct"] += correct
-            acc["count"] += count
-            acc["window_loss"] += loss
-            acc["window_n"] += 1
-            bar.set_postfix(loss=f"{loss:.4f}")
+            tally.add(loss, correct, count, metrics)
+            if not bar.disable:
+                bar.set_postfix(loss=f"{loss:.4f}")
             if writer:
                 writer.add_scalar("train/loss", loss, step)
+                for key, value in metrics.items():
+                    writer.add_scalar(f"train/{METRIC_PREFIX}{key}", value, step)
             if main and cfg.alignment_every and step % cfg.alignment_every == 0:
                 t_a = time.perf_counter()
                 align_rows.append({"step": step, "epoch": epoch + 1,
-                                   "train_loss": acc["window_loss"] / acc["window_n"],
+                                   "train_loss": tally.take_window(),
                                    **angles(rule, probe_x, probe_y)})
-                acc["window_loss"] = acc["window_n"] = 0.0
                 rundir.write_rows(out / rundir.ALIGNMENT, align_rows)
                 t0 += time.perf_counter() - t_a
             if cfg.time_limit and not ddp.all_ok(time.perf_counter() - started <= cfg.time_limit):
@@ -270,18 +244,20 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
                 if cut:
                     break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < len(batches):
-                checkpoint(epoch, b + 1, {**acc, "seconds": acc["seconds"]
-                                          + time.perf_counter() - t0})
+                checkpoint(epoch, b + 1, tally.state(time.perf_counter() - t0))
         bar.close()
         if status == "diverged":
             break
+
+        # -- end of epoch: scheduler, feedback-only epochs, evaluation, logs, checkpoint ------
         if sched is not None:
             sched.step()
-        acc["seconds"] += time.perf_counter() - t0 + fb_seconds
+        tally.seconds += time.perf_counter() - t0 + fb_seconds
         fb_seconds = 0.0
         if fb_after and not cut and epoch + 1 < cfg.epochs:  # Meulemans et al.'s extra epoch
-            acc["seconds"] += _feedback_epochs(cfg, rule, ddp, data, fb_after, tag=epoch + 1)
-        row = _epoch_row(cfg, rule, data, acc, epoch, step, opt.param_groups[0]["lr"])
+            tally.seconds += _feedback_epochs(cfg, rule, ddp, train_x, train_y, fb_after,
+                                              tag=epoch + 1)
+        row = _epoch_row(cfg, rule, data, tally, epoch, step, opt.param_groups[0]["lr"])
         history.append(row)
         if main:
             print(f"[{cfg.rule}] epoch {epoch + 1}/{cfg.epochs}: "
@@ -296,32 +272,74 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
             checkpoint(epoch + 1, 0, {})
         if truncated:
             break
+
+    # -- summary -----------------------------------------------------------------------------
     if writer:
         writer.close()
     steps_per_epoch = len(range(0, n, cfg.batch_size))
     summary = _summary(cfg, out, history, status, step, reason, truncated, rule, steps_per_epoch)
     summary["device"] = str(ddp.device)
     summary["world_size"] = ddp.world_size
+    summary["threads"] = torch.get_num_threads()
     if main:
         rundir.write_json(out / rundir.SUMMARY, summary)
     return summary
 
 
+def _fresh_state() -> dict[str, Any]:
+    return {"epoch": 0, "batch": 0, "step": 0, "history": [], "alignment": [], "partial": {}}
 
-def _epoch_row(cfg: Config, rule: LearningRule, data: RunData, acc: dict[str, float],
+
+def _restore(cfg: Config, out: Path, ck: dict[str, Any], rule: LearningRule,
+             opt: torch.optim.Optimizer, sched: Any, device: torch.device) -> None:
+    """Load a checkpoint's rule, optimizer, scheduler and RNG states (CheckpointError if it
+    does not fit this config)."""
+    try:
+        rule.load_state_dict(ck["rule"])
+        opt.load_state_dict(ck["optimizer"])
+        if sched is not None and ck.get("scheduler") is not None:
+            sched.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["torch_rng"])
+        if device.type == "cuda" and ck.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ck["cuda_rng"], device)
+        if "python_rng" in ck:
+            rundir.set_host_rng_state(ck["python_rng"], ck["numpy_rng"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"checkpoint in {str(out)!r} does not fit this config (rule {cfg.rule!r}, "
+            f"model {cfg.model!r}): {exc}"
+        ) from None
+
+
+def _start_run_dir(cfg: Config, out: Path, history: list[dict[str, Any]],
+                   align_rows: list[dict[str, Any]], refused: list[Path], *, overwrite: bool,
+                   resume: bool) -> None:
+    """Create (or keep, on resume) the run directory and write config.yaml and the rows up to
+    the checkpoint (rows a killed run logged after it are dropped)."""
+    rundir.prepare(out, overwrite=overwrite, resume=resume)
+    rundir.set_aside(refused)
+    write_yaml(out / rundir.CONFIG, cfg.to_dict())
+    rundir.write_rows(out / rundir.METRICS, history)
+    if align_rows:
+        rundir.write_rows(out / rundir.ALIGNMENT, align_rows)
+
+
+def _epoch_row(cfg: Config, rule: LearningRule, data: RunData, tally: Tally,
                epoch: int, step: int, lr: float) -> dict[str, Any]:
-    """metrics.csv's row: training averages, test/val accuracy, seconds, lr, angles."""
-    count = max(acc["count"], 1.0)
+    """metrics.csv's row: training averages, test/val accuracy, seconds, lr, angles, and the
+    epoch mean of every key of the rule's step metrics (``rule/KEY``)."""
+    means = tally.means()
     row: dict[str, Any] = {
-        "epoch": epoch + 1, "step": step, "train_loss": acc["loss"] / count,
-        "train_acc": acc["correct"] / count,
+        "epoch": epoch + 1, "step": step, "train_loss": means.pop("train_loss"),
+        "train_acc": means.pop("train_acc"),
         "test_acc": accuracy(rule, data.test_x, data.test_y, cfg.eval_batch_size),
         "val_acc": (accuracy(rule, data.val_x, data.val_y, cfg.eval_batch_size)
                     if data.val_x is not None else None),
-        "seconds": acc["seconds"], "lr": lr,
+        "seconds": tally.seconds, "lr": lr,
     }
     probe = slice(0, cfg.alignment_batch)
     row.update(angles(rule, data.train_x[probe], data.train_y[probe]))
+    row.update(means)
     return row
 
 
