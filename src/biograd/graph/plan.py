@@ -10,14 +10,19 @@ What is compiled, once per graph:
 
 - the feed-forward sweep (C1: x_v = mu_v) as generated Python code (``torch.fx`` codegen of
   every vertex function, in topological order, inline nodes shared within a group of levels),
-  instead of interpreting the vertex closures node by node on every batch;
-- the level groups. Levels are handled ``levels_per_call`` at a time: the value nodes at the
-  top level of each group are cut from their parents' autograd graph (a detached copy that
-  requires grad), the others are not. One ``torch.autograd.grad`` call then runs the steps
-  a + 1, ..., a + k of the group [a, a + k): its roots are the level-a predictions with their
-  errors e(a), its inputs the level-(a + k) value nodes (the next group's errors), the
-  predictions of the levels in between (their errors, read for the wave energy) and the
-  group's parameters (the C2 updates).
+  instead of interpreting the vertex closures node by node on every batch. It returns only
+  the predictions the calls start from and the cut copies, so every other activation lives
+  only as long as autograd needs it;
+- the level groups, ``levels_per_call`` levels each. The value nodes at the top level of each
+  group are cut from their parents' autograd graph (a detached copy that requires grad), the
+  others are not.
+
+A step then makes one call of autograd's engine for the output error, the one non-zero error
+of C1 (the loss's own vjp, with the prediction mu_out as its only input), and one per group:
+from the errors e(a) of the group's top level a (its roots) the call computes the errors of
+levels a + 1, ..., a + k (the last ones are the gradients at the next group's cut copies)
+and the updates of the levels a, ..., a + k - 1, i.e. it runs the steps a, ..., a + k - 1.
+No call but the first starts from the loss.
 
 Why a group is the same dynamics as k separate steps: every vertex is one elementary operation
 whose recorded backward function is its local vjp; autograd's engine runs a vertex's backward
@@ -26,11 +31,18 @@ On a levelled graph the children of a level-l vertex are exactly the level-(l - 
 that read it, so the engine computes e_v = sum_c J_{c,v}^T e_c(l - 1) = e_v(l), the error
 the dynamics give it at step l, from the same local vjps in the same order of levels; only
 the bookkeeping between steps (which Python sums the children's terms) moves into the engine.
-The errors in between are read, not recomputed (autograd.grad on a non-leaf input returns
-the total gradient reaching it). ``levels_per_call=1`` cuts every value node and issues one
-call per step, the literal schedule; the tests check both against the full dynamics.
-An identity vertex of levelling predicts its parent's value through a ``view_as`` node, so it
-has its own error (the part of the parent's error that has arrived by its level).
+``levels_per_call=1`` cuts every value node and makes one call per step, the literal
+schedule; the tests check every grouping against the full dynamics.
+
+With ``trace`` the errors between the cut levels are read too (the engine returns the total
+gradient reaching a non-leaf input: read, not recomputed), for the energy the wave carries;
+an identity vertex of levelling then predicts its parent's value through a ``view_as`` node,
+so that it has an error of its own (the part of its parent's error that has arrived by its
+level). Without it an identity vertex is its parent's tensor and nothing in between is read.
+
+Updates: a parameter used at several levels (an unrolled RNN's cell) gets the sum of its
+per-step updates; an update that shares storage with no other tensor of the step becomes
+``.grad`` without a copy (see :data:`Write`), as autograd's own accumulation does.
 """
 
 from __future__ import annotations

@@ -24,6 +24,13 @@ dynamics: under those conditions only the level-t vertices change in a way that 
 step t, so it evaluates only them, through the vjps recorded in the forward pass (about one
 backprop). It is valid only under C1-C3 on a levelled graph; the tests check it against the
 full dynamics (updates and the energy the error wave carries), not only against autograd.
+
+Implementation switches of the fast path (neither changes an update): ``levels_per_call``
+(default 8) inference steps per autograd call, 1 being one call per step
+(:mod:`biograd.graph.plan` explains why a group of steps is the same dynamics), and
+``energy_trace`` (default off: it costs a norm per vertex per step, up to 2x backprop on the
+LSTM) reports ``energy_t``, the energy the wave carries at step t. The full dynamics always
+report ``energy_t`` and ``free_energy_t``.
 """
 
 from __future__ import annotations
