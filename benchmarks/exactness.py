@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from biograd.runner.reproduce_p5 import architectures, max_rel_diff
+from biograd.papers.p5_zil import architectures, max_rel_diff
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ import torch
 
 import biograd
 import biograd.data
+from biograd import rundir
+from biograd.cli import main
 from biograd.core.errors import (
     CheckpointError,
     ConfigError,
@@ -20,8 +22,6 @@ from biograd.core.errors import (
     UnknownNameError,
     UnsupportedModelError,
 )
-from biograd.runner import rundir
-from biograd.runner.cli import main
 from biograd.runner.config import load_config
 from biograd.runner.train import train
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from biograd.runner.cli import main
+from biograd.cli import main
 
 TINY = ["--dataset=synthetic", "--dataset_args.n=64", "--model_args.hidden=[8]",
         "--batch_size=16", "--epochs=1", "--alignment_batch=16"]

@@ -140,7 +140,7 @@ def test_runner_trains_on_cuda_like_on_cpu(tmp_path, rule: str) -> None:
 @cuda
 @pytest.mark.parametrize("rule", ["backprop", "ldrl"])
 def test_resume_on_cuda_equals_an_uninterrupted_run(tmp_path, rule: str) -> None:
-    from biograd.runner.cli import main
+    from biograd.cli import main
 
     base = [*RUN, f"--rule={rule}", "--device=cuda", f"--out_dir={tmp_path}"]
     assert main(["train", *base, "--epochs=1", "--run_name=cut"]) == 0

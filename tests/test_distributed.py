@@ -16,8 +16,8 @@ import torch
 
 import biograd
 from biograd.core.errors import ConfigError
+from biograd.experiments.compare import compare
 from biograd.runner import distributed
-from biograd.runner.compare import compare
 from biograd.runner.config import load_config
 from biograd.runner.train import train
 
@@ -204,7 +204,7 @@ def test_device_and_backend_choice() -> None:
 def test_rank_zero_logs_the_rules_step_metrics(two_ranks: Path) -> None:
     if "ldrl" not in biograd.list_rules():
         pytest.skip("ldrl is not registered")
-    from biograd.runner.rundir import read_rows
+    from biograd.rundir import read_rows
 
     rows = read_rows(two_ranks / "ldrl" / "metrics.csv")
     cols = [c for c in rows[0] if c.startswith("rule/feedback_loss/")]

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from biograd.cli import main
 from biograd.core.errors import ConfigError, UnknownNameError
-from biograd.runner.cli import main
+from biograd.experiments.paper_report import mean_std
+from biograd.experiments.reproduce import plan
+from biograd.papers import PAPERS, load_preset, reproduce
+from biograd.papers.p4_activation_relaxation import relaxation_errors
+from biograd.papers.p5_zil import architectures
 from biograd.runner.config import Config
-from biograd.runner.reproduce import PAPERS, load_preset, plan, reproduce
-from biograd.runner.reproduce_p4 import relaxation_errors
-from biograd.runner.reproduce_p5 import architectures
-from biograd.runner.reproduce_report import mean_std
 
 #: a few batches of synthetic MNIST-shaped data for every run of a preset
 TINY = ["dataset=synthetic", "dataset_args.n=48", "dataset_args.input_shape=[1,28,28]",

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import biograd
+from biograd import rundir
 from biograd.core.errors import CheckpointError
-from biograd.runner import rundir
-from biograd.runner.compare import compare
+from biograd.experiments.compare import compare
 from biograd.runner.config import load_config
 from biograd.runner.train import train
 
@@ -36,7 +36,7 @@ CHILD = textwrap.dedent("""
     from pathlib import Path
     import biograd.runner.train  # noqa: F401
     train_module = sys.modules["biograd.runner.train"]
-    from biograd.runner.cli import main
+    from biograd.cli import main
     real, calls = train_module.divergence, []
     def blocking(*args, **kwargs):
         calls.append(1)

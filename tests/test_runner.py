@@ -12,9 +12,9 @@ import yaml
 
 import biograd
 from biograd.core.errors import CheckpointError, ConfigError
-from biograd.runner.compare import compare
+from biograd.experiments.compare import compare
+from biograd.rundir import read_json, read_rows
 from biograd.runner.config import load_config
-from biograd.runner.rundir import read_json, read_rows
 from biograd.runner.train import train
 
 train_module = sys.modules["biograd.runner.train"]  # the module, not the function
@@ -269,7 +269,7 @@ def test_compare_errors_before_touching_anything(tmp_path: Path) -> None:
 
 def test_plots_average_the_runs_they_read(tmp_path: Path) -> None:
     from biograd.plots import angle_curves, learning_curves, mean_curve
-    from biograd.runner.rundir import write_rows
+    from biograd.rundir import write_rows
 
     a, b = tmp_path / "a", tmp_path / "b"
     for run, accs in ((a, [0.5, 0.7, 0.9]), (b, [0.3, 0.5])):  # b stopped after 2 epochs
@@ -287,7 +287,7 @@ def test_plots_average_the_runs_they_read(tmp_path: Path) -> None:
 
 
 def test_sub_configs_and_rule_selection(tmp_path: Path) -> None:
-    from biograd.runner.compare import rules_to_run, sub_config
+    from biograd.experiments.compare import rules_to_run, sub_config
 
     cfg = _cfg(tmp_path, "--rules=[backprop]", "--config_per_rule.backprop.lr=0.5",
                "--rule_args_per_rule.backprop={}", "--seeds=[3]")

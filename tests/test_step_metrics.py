@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import biograd
+from biograd.rundir import read_rows
 from biograd.runner.config import load_config
 from biograd.runner.distributed import Dist
-from biograd.runner.rundir import read_rows
 from biograd.runner.tally import METRIC_PREFIX
 from biograd.runner.train import train
 

@@ -7,7 +7,7 @@ Public API::
     opt.zero_grad(); result = rule.step(x, y); opt.step()
 """
 
-from biograd import data, metrics, models
+from biograd import data, metrics, models, rules  # noqa: F401  (rules: registers them all)
 from biograd.core.errors import (
     BiogradError,
     CheckpointError,

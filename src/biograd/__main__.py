@@ -2,7 +2,7 @@
 
 import sys
 
-from biograd.runner.cli import main
+from biograd.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -61,13 +61,13 @@ def _flatten_modules(model: nn.Module) -> list[nn.Module]:
 def as_blocks(model: nn.Module, rule: str = "this rule") -> list[Block]:
     """Parse ``model`` (an ``nn.Sequential``, possibly nested) into blocks, or raise.
 
-    The error names the offending module and the rules that accept arbitrary models.
+    The error names the offending module; :func:`biograd.core.registry.create_rule` adds the
+    registered rules that accept arbitrary models.
     """
     hint = (
         f"rule {rule!r} needs a stack of blocks: nn.Sequential of (Flatten?) Linear|Conv2d, an "
         f"elementwise activation, optional MaxPool2d/AvgPool2d (see biograd.models.mlp, lenet, "
-        f"simple_vgg). Rules that accept any module: backprop, feedback_alignment, "
-        f"sign_symmetry, direct_feedback_alignment, weight_mirror, kolen_pollack, zil."
+        f"simple_vgg)."
     )
     if not isinstance(model, nn.Sequential):
         raise UnsupportedModelError(f"{hint} Got {type(model).__name__}, not nn.Sequential.")

@@ -1,9 +1,10 @@
 """Registry of learning rules: ``register_rule``, ``create_rule``, ``list_rules``, ``rule_info``.
 
-Rules register themselves with a decorator in their own module under ``biograd.rules``; the
-registry imports every module of that package on first use, so adding a rule is adding a file.
+Rules register themselves with a decorator in their own module under ``biograd.rules``;
+``biograd.rules`` imports every module of its folder (so adding a rule is adding a file) and
+``import biograd`` imports ``biograd.rules``, so the core never imports the rules.
 Rules defined outside biograd register the same way once their module is imported; so that the
-CLI and ``rules: all`` see them too, the registry also imports, on first use, every module named
+CLI and ``rules: all`` see them too, the registry imports, on first use, every module named
 by an entry point of the group ``biograd.rules`` (an installed package) and every module listed
 in the environment variable ``BIOGRAD_PLUGINS`` (comma-separated, importable from
 ``sys.path``, e.g. with ``PYTHONPATH``).
@@ -15,7 +16,6 @@ import importlib
 import importlib.metadata
 import inspect
 import os
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +30,10 @@ from biograd.core.rule import LearningRule
 #: ``mlp`` / ``cnn`` block stacks, ``resnet`` (skips, BatchNorm), ``graph`` (any fx-traceable
 #: module: RNN, LSTM, transformer blocks).
 MODEL_KINDS = ("mlp", "cnn", "resnet", "graph")
+
+#: The reference every comparison is made against (listed first, trained first, cost 1.00x):
+#: exact backpropagation. Code that needs it names this constant, never the string.
+REFERENCE_RULE = "backprop"
 
 
 @dataclass(frozen=True)
@@ -88,11 +92,6 @@ def _discover() -> None:
     global _DISCOVERED
     if _DISCOVERED:
         return
-    import biograd.rules as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"{pkg.__name__}.{mod.name}")
     _DISCOVERED = True  # before the plugins: a plugin may call list_rules() while importing
     try:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -118,10 +117,10 @@ def _import_plugin(module: str, where: str) -> None:
 
 
 def list_rules() -> list[str]:
-    """Names of every registered rule, in registration order (backprop first)."""
+    """Names of every registered rule: the reference (backprop) first, then by name."""
     _discover()
     names = list(_REGISTRY)
-    return sorted(names, key=lambda n: (n != "backprop", n))
+    return sorted(names, key=lambda n: (n != REFERENCE_RULE, n))
 
 
 def rule_info(name: str) -> RuleInfo:
@@ -148,10 +147,12 @@ def create_rule(
     try:
         return info.cls(model, loss=loss, **hparams)
     except UnsupportedModelError as exc:
-        if "Rules that" in str(exc):
+        if getattr(exc, "alternatives_listed", False):  # a rule built inside another rule
             raise
         general = [n for n in list_rules() if "graph" in rule_info(n).supports and n != name]
-        raise UnsupportedModelError(
+        error = UnsupportedModelError(
             f"{exc} Other rules that accept arbitrary (torch.fx-traceable) models: "
             f"{', '.join(general)}; rule_info(name).supports lists each rule's model kinds."
-        ) from None
+        )
+        error.alternatives_listed = True  # type: ignore[attr-defined]
+        raise error from None

@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from biograd.runner.rundir import ALIGNMENT, METRICS, read_rows  # noqa: E402
+from biograd.rundir import ALIGNMENT, METRICS, read_rows  # noqa: E402
 
 Groups = dict[str, Sequence[Path]]
 STEPWISE_PREFIXES = ("angle", "train_loss")

@@ -1,7 +1,7 @@
 """biograd.runner: config (defaults <- YAML <- --key=value), the training loop, comparisons,
 run directories and the ``biograd`` command line.
 
-Use ``from biograd.runner.train import train`` and ``from biograd.runner.compare import
+Use ``from biograd.runner.train import train`` and ``from biograd.experiments.compare import
 compare`` (the functions share their modules' names, so the package does not re-export them).
 Names are imported lazily so ``biograd --help`` does not pay for matplotlib.
 """

@@ -1,7 +1,7 @@
 """``train(config) -> summary``: one rule, one model, one dataset, one seed.
 
 Short and top to bottom (DESIGN.md principle 5); it never branches on the rule's name. Writes
-the run directory (see :mod:`biograd.runner.rundir`): config.yaml, metrics.csv (one row per
+the run directory (see :mod:`biograd.rundir`): config.yaml, metrics.csv (one row per
 epoch), alignment.csv (every ``alignment_every`` steps), checkpoint.pt (+ the previous
 ``keep_checkpoints - 1``, verified by SHA-256 on resume), summary.json. The model and rule live
 on ``cfg.device`` (:mod:`biograd.runner.device`). Under torchrun it trains data-parallel
@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from biograd import rundir
 from biograd.core.errors import CheckpointError, ConfigError
 from biograd.core.registry import create_rule, rule_info
 from biograd.core.rule import LearningRule
-from biograd.runner import rundir
 from biograd.runner.config import Config
 from biograd.runner.data import RunData, load_data, on_device_if_it_fits
 from biograd.runner.device import thread_count

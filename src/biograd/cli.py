@@ -1,8 +1,9 @@
 """The ``biograd`` command line (also ``python -m biograd``).
 
     biograd train   [--config F] [--resume DIR] [--overwrite] [--key=value ...]
-    biograd compare [--config F] [--overwrite] [--key=value ...]
-    biograd reproduce PAPER [--budget quick|full] [--seeds N] [--out DIR] [--key=value ...]
+    biograd compare [--config F] [--overwrite] [--jobs N] [--key=value ...]
+    biograd reproduce PAPER [--budget quick|full] [--seeds N] [--out DIR] [--jobs N]
+                      [--key=value ...]
     biograd rules
     biograd data list
     biograd data fetch NAME... [--data-dir D] [--force] [--from DIR]
@@ -20,6 +21,9 @@ from pathlib import Path
 
 from biograd.core.errors import BiogradError, ConfigError
 
+JOBS_HELP = ("runs trained at a time, in parallel processes sharing the cores (threads=0 "
+             "gives each run cores/N threads); default 1")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -36,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compare", allow_abbrev=False, help="train several rules x seeds")
     comp.add_argument("--config", help="YAML config file")
     comp.add_argument("--overwrite", action="store_true", help="retrain, replacing old runs")
+    comp.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
     rep = sub.add_parser("reproduce", allow_abbrev=False,
                          help="reproduce a defining paper's experiments and write its report")
     rep.add_argument("paper", help="p1-lra, p2-ldrl, p3-weight-transport, "
@@ -44,8 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--seeds", type=int, default=None, help="number of seeds (default: preset)")
     rep.add_argument("--out", default="docs/results", help="report folder (docs/results)")
     rep.add_argument("--runs", default="runs/reproduce", help="run directories' root")
-    rep.add_argument("--preset", default=None, help="preset YAML (configs/reproduce/PAPER.yaml)")
+    rep.add_argument("--preset", default=None,
+                     help="preset YAML (default: the one shipped in biograd/papers/presets/)")
     rep.add_argument("--overwrite", action="store_true", help="retrain, replacing old runs")
+    rep.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
     sub.add_parser("rules", help="list the registered learning rules")
     data = sub.add_parser("data", help="list or fetch datasets")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -93,10 +100,11 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace, overrides: list[str]) -> int:
-    from biograd.runner.compare import compare
+    from biograd.experiments.compare import compare
     from biograd.runner.config import load_config
 
-    result = compare(load_config(args.config, overrides), overwrite=args.overwrite)
+    result = compare(load_config(args.config, overrides), overwrite=args.overwrite,
+                     jobs=args.jobs)
     failed = [n for n, runs in result["results"].items()
               if any(s.get("status") == "failed" for s in runs)]
     print(f"wrote {result['dir']}/compare.md")
@@ -107,11 +115,11 @@ def _cmd_compare(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace, overrides: list[str], argv: list[str]) -> int:
-    from biograd.runner.reproduce import reproduce
+    from biograd.papers import reproduce
 
     summary = reproduce(args.paper, args.budget, seeds=args.seeds, out=args.out,
                         runs_dir=args.runs, overrides=overrides, preset=args.preset,
-                        overwrite=args.overwrite, argv=argv)
+                        overwrite=args.overwrite, argv=argv, jobs=args.jobs)
     print(f"wrote {Path(args.out) / (args.paper + '.md')}: {', '.join(summary['verdicts'])}")
     return 0
 

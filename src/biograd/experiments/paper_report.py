@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from biograd.runner.cost_probe import step_cost_ratios
-from biograd.runner.rundir import ALIGNMENT, read_rows
+from biograd.experiments.cost_probe import step_cost_ratios
+from biograd.rundir import ALIGNMENT, read_rows
 
 Results = dict[tuple[str, str], list[dict[str, Any]]]
 #: Paired timing blocks per arm for the cost ratios of the reports.
@@ -48,7 +48,7 @@ class Section:
 class Context:
     """Everything a paper's report module reads."""
 
-    plan: Any  # biograd.runner.reproduce.Plan
+    plan: Any  # biograd.experiments.reproduce.Plan
     results: Results
     out: Path
     started: float
@@ -62,7 +62,7 @@ class Context:
 
     def step_cost(self, experiment: str, arm: str) -> float:
         """``arm``'s training step over backprop's on the arm's model, batch and optimizer
-        (:func:`biograd.runner.cost_probe.step_cost_ratios`, :attr:`cost_repeats` paired
+        (:func:`biograd.experiments.cost_probe.step_cost_ratios`, :attr:`cost_repeats` paired
         blocks), measured once per experiment when first asked; NaN if it was not measured."""
         if experiment not in self._costs:
             first: dict[str, Any] = {}
@@ -362,9 +362,9 @@ def write_readme(out: Path) -> Path:
         "biograd reproduce p3-weight-transport --seeds 3  # more seeds",
         "biograd reproduce p4-activation-relaxation --out /tmp/r --epochs=5  # any config key",
         "```", "",
-        "Presets: `configs/reproduce/PAPER.yaml`. Run directories go to `runs/reproduce/PAPER/"
-        "BUDGET/` (`--runs DIR`); finished runs are reused and interrupted ones resumed when "
-        "the command is run again (`--overwrite` retrains).", "",
+        "Presets: `src/biograd/papers/presets/PAPER.yaml`. Run directories go to "
+        "`runs/reproduce/PAPER/BUDGET/` (`--runs DIR`); finished runs are reused and "
+        "interrupted ones resumed when the command is run again (`--overwrite` retrains).", "",
         "| paper | what | budget | verdict per claim (in the report's order) | key numbers |",
         "| --- | --- | --- | --- | --- |", *rows, ""])
     path = out / "README.md"

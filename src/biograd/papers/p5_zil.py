@@ -24,9 +24,9 @@ import torch
 from torch import Tensor, nn
 
 import biograd
+from biograd.experiments.paper_report import Claim, Context, Section
 from biograd.metrics.alignment import max_relative_difference
 from biograd.models.sequence import lstm_classifier, rnn_classifier, transformer_block_classifier
-from biograd.runner.reproduce_report import Claim, Context, Section
 
 Maker = Callable[[], tuple[nn.Module, Tensor, Tensor]]
 FULL = {"exact_shortcut": False}

@@ -4,7 +4,7 @@ Fashion-MNIST MLPs and LeNets: accuracy, the update-vs-backprop angle per layer 
 
 from __future__ import annotations
 
-from biograd.runner.reproduce_report import (
+from biograd.experiments.paper_report import (
     Claim,
     Context,
     Section,

@@ -1,7 +1,8 @@
-"""``biograd reproduce PAPER --budget quick|full``: one command per defining paper (issue 5).
+"""A paper's preset resolved into runs and trained (``biograd reproduce``, issue 5; the papers
+themselves live in :mod:`biograd.papers`).
 
-A paper's preset (``configs/reproduce/PAPER.yaml``) holds the paper's architectures and
-hyper-parameters as ``biograd train`` config keys::
+A paper's preset (``biograd/papers/presets/PAPER.yaml``, package data) holds the paper's
+architectures and hyper-parameters as ``biograd train`` config keys::
 
     base:        config keys shared by every run
     budgets:     quick / full -> {seeds: N, config: {...}, settings: {...}}
@@ -19,38 +20,30 @@ its rule_args updated by ``experiment.per_arm[arm].rule_args`` (settings one rul
 architecture only), and the seed. Runs are
 ordinary run directories (``RUNS/PAPER/BUDGET/EXPERIMENT/ARM-sSEED``) trained with
 :func:`biograd.runner.train.train`; finished ones are reused and interrupted ones resumed, by
-the same mechanism as ``biograd compare``. The paper's module (``reproduce_p1`` ...
-``reproduce_p5``) then measures what the runs do not (P4's relaxation, P5's exactness and
-cost) and writes the tables and claim check; :mod:`biograd.runner.reproduce_report` writes
+the same mechanism as ``biograd compare``. The paper's module (:mod:`biograd.papers.p1_lra`
+...) then measures what the runs do not (P4's relaxation, P5's exactness and
+cost) and writes the tables and claim check; :mod:`biograd.experiments.paper_report` writes
 ``OUT/PAPER.md``, its PNGs in ``OUT/PAPER/``, ``OUT/PAPER.json`` and ``OUT/README.md``.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import shutil
-import sys
-import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from biograd.core.errors import ConfigError, unknown_name
-from biograd.runner.compare import check_reusable, dry_build, run_one
+from biograd.experiments.jobs import check_reusable, dry_build, run_all
+from biograd.experiments.paper_report import COST_REPEATS
 from biograd.runner.config import Config, apply_override, from_dict
-from biograd.runner.reproduce_report import COST_REPEATS
 from biograd.runner.train import run_dir_of
 from biograd.runner.validate import check_names
 from biograd.runner.yamlio import parse_scalar, read_yaml
 
-PAPERS = ("p1-lra", "p2-ldrl", "p3-weight-transport", "p4-activation-relaxation", "p5-zil")
 BUDGETS = ("quick", "full")
-MODULES = dict(zip(PAPERS, ("reproduce_p1", "reproduce_p2", "reproduce_p3", "reproduce_p4",
-                            "reproduce_p5"), strict=True))
-PRESET_DIR = Path(__file__).resolve().parents[3] / "configs" / "reproduce"
 _TOP = {"paper", "title", "reference", "claim", "base", "budgets", "experiments", "arms",
         "settings"}
 _BUDGET = {"seeds", "config", "settings"}
@@ -105,14 +98,12 @@ def _check_keys(where: str, data: Any, allowed: set[str]) -> dict[str, Any]:
     return data
 
 
-def load_preset(paper: str, path: str | Path | None = None) -> dict[str, Any]:
-    """Read and check the preset of ``paper`` (``configs/reproduce/PAPER.yaml`` or ``path``)."""
-    if paper not in PAPERS:
-        raise unknown_name("paper", paper, PAPERS)
-    file = Path(path) if path else PRESET_DIR / f"{paper}.yaml"
+def load_preset(paper: str, file: str | Path) -> dict[str, Any]:
+    """Read and check the preset of ``paper`` from ``file``."""
+    file = Path(file)
     if not file.is_file():
-        raise ConfigError(f"preset {str(file)!r} not found; pass --preset FILE (the presets "
-                          f"live in the repository's configs/reproduce/)")
+        raise ConfigError(f"preset {str(file)!r} not found; pass --preset FILE or leave it out "
+                          f"to use the preset shipped with biograd (biograd/papers/presets/)")
     data = _check_keys(str(file), read_yaml(file), _TOP)
     if data.get("paper") != paper:
         raise ConfigError(f"preset {str(file)!r} is for {data.get('paper')!r}, not {paper!r}")
@@ -204,8 +195,10 @@ def _resolve(data: dict[str, Any], overrides: list[str], fixed: dict[str, Any]) 
     return from_dict({**data, **fixed})
 
 
-def run_plan(p: Plan, *, overwrite: bool = False) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Train every run of ``p`` (reusing finished runs, resuming interrupted ones)."""
+def run_plan(p: Plan, *, overwrite: bool = False, jobs: int = 1,
+             ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Train every run of ``p`` (reusing finished runs, resuming interrupted ones), ``jobs``
+    at a time in parallel processes (:func:`biograd.experiments.jobs.run_all`)."""
     for spec in p.runs:
         check_names(spec.config)
     if overwrite:
@@ -215,24 +208,16 @@ def run_plan(p: Plan, *, overwrite: bool = False) -> dict[tuple[str, str], list[
         check_reusable(spec.config)
     todo = [s for s in p.runs if not (run_dir_of(s.config) / "summary.json").is_file()]
     if todo:  # one-time costs out of the first timed run (as compare does)
-        dry_build(todo[0].config, warm_up_steps=10)
+        dry_build(todo[0].config, warm_up_steps=10 if jobs == 1 else 0)
+    done = run_all([s.config for s in p.runs], jobs, lambda i: (
+        f"[reproduce {p.paper}] {i + 1}/{len(p.runs)} {p.runs[i].experiment} "
+        f"{p.runs[i].arm} seed {p.runs[i].seed}"))
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     walls = _WallLog(p)
-    for i, spec in enumerate(p.runs):
-        print(f"[reproduce {p.paper}] {i + 1}/{len(p.runs)} {spec.experiment} {spec.arm} "
-              f"seed {spec.seed}", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        try:
-            summary = run_one(spec.config)
-        except ConfigError:
-            raise
-        except Exception as exc:  # a broken rule must not sink the whole reproduction
-            traceback.print_exc()
-            summary = {"status": "failed", "rule": spec.config.rule, "seed": spec.seed,
-                       "error": f"{type(exc).__name__}: {exc}"}
+    for spec, (summary, seconds) in zip(p.runs, done, strict=True):
         key = f"{spec.experiment}/{spec.arm}-s{spec.seed}"
         if not summary.get("reused"):
-            walls.record(key, time.perf_counter() - t0)
+            walls.record(key, seconds)
         summary = {**summary, "arm": spec.arm, "experiment": spec.experiment,
                    "run_dir": str(run_dir_of(spec.config)), "wall_seconds": walls.get(key)}
         results.setdefault((spec.experiment, spec.arm), []).append(summary)
@@ -258,20 +243,3 @@ class _WallLog:
 
     def get(self, key: str) -> float | None:
         return self.data.get(key)
-
-
-def reproduce(paper: str, budget: str = "quick", *, seeds: int | None = None,
-              out: str | Path = "docs/results", runs_dir: str | Path = "runs/reproduce",
-              overrides: list[str] | tuple[str, ...] = (), preset: str | Path | None = None,
-              overwrite: bool = False, argv: list[str] | None = None) -> dict[str, Any]:
-    """Run ``paper``'s reproduction at ``budget`` and write its report; returns its summary
-    (the verdicts and key numbers also saved as ``OUT/PAPER.json``)."""
-    from biograd.runner import reproduce_report
-
-    started = time.perf_counter()
-    p = plan(load_preset(paper, preset), budget, seeds=seeds, overrides=overrides,
-             runs_dir=runs_dir)
-    results = run_plan(p, overwrite=overwrite)
-    module = importlib.import_module(f"biograd.runner.{MODULES[paper]}")
-    ctx = reproduce_report.Context(p, results, Path(out), started, argv or [])
-    return reproduce_report.write(ctx, module.report(ctx))

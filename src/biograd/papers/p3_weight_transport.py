@@ -4,7 +4,7 @@ Kolen-Pollack: accuracy and the feedback-vs-forward angle (B vs W^T) per layer o
 
 from __future__ import annotations
 
-from biograd.runner.reproduce_report import (
+from biograd.experiments.paper_report import (
     Claim,
     Context,
     Section,

@@ -9,10 +9,7 @@ from __future__ import annotations
 import torch
 
 from biograd.core.registry import create_rule
-from biograd.runner.config import Config
-from biograd.runner.data import load_data
-from biograd.runner.models import build_model
-from biograd.runner.reproduce_report import (
+from biograd.experiments.paper_report import (
     Claim,
     Context,
     Section,
@@ -22,6 +19,9 @@ from biograd.runner.reproduce_report import (
     learning_curves,
     mean_std,
 )
+from biograd.runner.config import Config
+from biograd.runner.data import load_data
+from biograd.runner.models import build_model
 
 AR = "activation_relaxation"
 #: a variant "keeps performance" when within this many accuracy points of backprop

@@ -4,7 +4,7 @@ mean +- std over seeds, and the diverged runs per cell (the paper's "stability")
 
 from __future__ import annotations
 
-from biograd.runner.reproduce_report import (
+from biograd.experiments.paper_report import (
     Claim,
     Context,
     Section,

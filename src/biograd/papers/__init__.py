@@ -1,0 +1,59 @@
+"""The five defining papers: each module holds one paper's claims, tables and measurements,
+and ``presets/PAPER.yaml`` (package data, so an installed biograd finds them from any folder)
+its architectures and hyper-parameters in the grid format of
+:mod:`biograd.experiments.reproduce`.
+
+``reproduce(paper, budget)`` trains the preset's runs and writes the paper's report
+(``biograd reproduce PAPER``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from biograd.core.errors import unknown_name
+from biograd.experiments import paper_report
+from biograd.experiments import reproduce as grid
+
+#: paper name -> its module in this package
+MODULES = {
+    "p1-lra": "biograd.papers.p1_lra",
+    "p2-ldrl": "biograd.papers.p2_ldrl",
+    "p3-weight-transport": "biograd.papers.p3_weight_transport",
+    "p4-activation-relaxation": "biograd.papers.p4_activation_relaxation",
+    "p5-zil": "biograd.papers.p5_zil",
+}
+PAPERS = tuple(MODULES)
+
+
+def preset_path(paper: str) -> Path:
+    """The preset shipped with biograd for ``paper`` (``biograd/papers/presets/PAPER.yaml``)."""
+    if paper not in MODULES:
+        raise unknown_name("paper", paper, PAPERS)
+    return Path(str(resources.files(__name__).joinpath("presets", f"{paper}.yaml")))
+
+
+def load_preset(paper: str, path: str | Path | None = None) -> dict[str, Any]:
+    """Read and check ``paper``'s preset: the shipped one, or ``path``."""
+    return grid.load_preset(paper, path or preset_path(paper))
+
+
+def reproduce(paper: str, budget: str = "quick", *, seeds: int | None = None,
+              out: str | Path = "docs/results", runs_dir: str | Path = "runs/reproduce",
+              overrides: list[str] | tuple[str, ...] = (), preset: str | Path | None = None,
+              overwrite: bool = False, argv: list[str] | None = None,
+              jobs: int = 1) -> dict[str, Any]:
+    """Run ``paper``'s reproduction at ``budget`` and write its report; returns its summary
+    (the verdicts and key numbers also saved as ``OUT/PAPER.json``). ``jobs`` runs train in
+    parallel processes (:func:`biograd.experiments.jobs.run_all`)."""
+    started = time.perf_counter()
+    p = grid.plan(load_preset(paper, preset), budget, seeds=seeds, overrides=overrides,
+                  runs_dir=runs_dir)
+    results = grid.run_plan(p, overwrite=overwrite, jobs=jobs)
+    module = importlib.import_module(MODULES[paper])
+    ctx = paper_report.Context(p, results, Path(out), started, argv or [])
+    return paper_report.write(ctx, module.report(ctx))
