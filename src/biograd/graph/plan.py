@@ -13,9 +13,10 @@ What is compiled, once per graph:
   instead of interpreting the vertex closures node by node on every batch. It returns only
   the predictions the calls start from and the cut copies, so every other activation lives
   only as long as autograd needs it;
-- the level groups, ``levels_per_call`` levels each. The value nodes at the top level of each
-  group are cut from their parents' autograd graph (a detached copy that requires grad), the
-  others are not.
+- the level groups, at most ``levels_per_call`` levels each, ending at the narrowest level
+  of the second half of their window (:func:`_group_tops`). The value nodes at the top level
+  of each group are cut from their parents' autograd graph (a detached copy that requires
+  grad), the others are not.
 
 A step then makes one call of autograd's engine for the output error, the one non-zero error
 of C1 (the loss's own vjp, with the prediction mu_out as its only input), and one per group:
@@ -162,6 +163,18 @@ def _emit_sweep(
     return mod, mu_at, cut_at
 
 
+def _group_tops(sizes: list[int], k: int) -> list[int]:
+    """The top level of each group of at most ``k`` levels: each group ends at the narrowest
+    level of the second half of its window (fewest value nodes to cut; the farthest on ties),
+    so that cuts fall on a chain's single value node where there is one (a block output, an
+    RNN's hidden state), not across a fan-out such as an LSTM's four gates."""
+    tops, depth = [0], len(sizes) - 1
+    while tops[-1] + k <= depth:
+        a = tops[-1]
+        tops.append(min(range(a + (k + 1) // 2, a + k + 1), key=lambda t: (sizes[t], -t)))
+    return tops
+
+
 class FrontierPlan:
     """Z-IL's event-driven schedule compiled for one levelled graph (see the module doc).
 
@@ -176,12 +189,13 @@ class FrontierPlan:
         self.graph, self.k, self.trace = graph, max(1, int(levels_per_call)), trace
         self.levels = levels = levels_of(graph)
         depth = len(levels) - 1
-        tops = list(range(0, depth + 1, self.k))
+        tops = _group_tops([len(vs) for vs in levels], self.k)
         self.cut = [i for t in tops[1:] for i in levels[t]]
-        self.group_at = {i: t // self.k for t, vs in enumerate(levels) for i in vs}
+        ends = tops[1:] + [depth + 1]
+        self.group_at = {i: j for j, (a, b) in enumerate(zip(tops, ends, strict=True))
+                         for t in range(a, b) for i in levels[t]}
         self.groups: list[_Group] = []
-        for a in tops:
-            b = min(a + self.k, depth + 1)
+        for a, b in zip(tops, ends, strict=True):
             params = {id(p): p for t in range(a, b) for i in levels[t]
                       for p in graph.vertices[i].params}
             self.groups.append(_Group(
