@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable
 
 import torch
-from biograd.runner.reproduce_p5 import architectures
 from torch import Tensor, nn
 
 import biograd
+from biograd.papers.p5_zil import architectures
 
 Maker = Callable[[], tuple[nn.Module, Tensor, Tensor]]
 
