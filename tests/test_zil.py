@@ -198,6 +198,18 @@ def test_the_wave_starts_from_the_output_error_never_from_the_loss(monkeypatch) 
     assert all(r.dim() == 2 and r.shape[0] == x.shape[0] for roots, _ in calls[1:] for r in roots)
 
 
+def test_groups_hold_at_most_k_levels_and_end_at_the_narrowest_level() -> None:
+    """Group boundaries: at most k levels per call, at least k/2 (rounded up), ending where the
+    fewest value nodes must be cut (the farthest such level on ties); one level per call
+    when k = 1. Level sizes 1 1 2 3 1 2 2 1 3 3 with k = 4: from 0 the window is levels 2-4
+    (sizes 2 3 1) -> 4; from 4 it is 6-8 (sizes 2 1 3) -> 7; 7 + 4 passes the last level."""
+    sizes = [1, 1, 2, 3, 1, 2, 2, 1, 3, 3]
+    assert plan_module._group_tops(sizes, 4) == [0, 4, 7]
+    assert plan_module._group_tops(sizes, 1) == list(range(10))
+    assert plan_module._group_tops(sizes, 10) == [0]
+    assert plan_module._group_tops([2, 1, 1, 2], 2) == [0, 2]
+
+
 class _SharedBias(nn.Module):
     """Batch-shaped biases: autograd hands the same gradient tensor to both addends of a sum
     (no broadcast to undo), so R's and S's updates and the errors of lin1 and of the sums
