@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from biograd.core.errors import ConfigError
+from biograd.core.registry import REFERENCE_RULE
 from biograd.experiments.cost_probe import step_cost_ratios
 from biograd.rundir import ALIGNMENT, read_rows
 
@@ -42,6 +44,10 @@ class Section:
     claims: list[Claim]
     key_numbers: str
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+#: the role of the arm every claim compares against (backprop)
+REFERENCE = "reference"
 
 
 @dataclass
@@ -87,6 +93,30 @@ class Context:
 
     def arms(self, experiment: str) -> list[str]:
         return [a for (e, a) in self.results if e == experiment]
+
+    def find_arm(self, role: str) -> str | None:
+        """:meth:`arm`, or None where the preset has no arm for ``role``."""
+        try:
+            return self.arm(role)
+        except ConfigError:
+            return None
+
+    def arm(self, role: str) -> str:
+        """The label of the preset's arm playing ``role``, so renaming an arm in the YAML never
+        changes what a claim compares: the arm whose ``role:`` key is ``role``, else (no arm
+        claims it) the one arm whose rule is ``role`` (``reference`` means
+        :data:`~biograd.core.registry.REFERENCE_RULE`). ConfigError if none or several."""
+        arms = self.plan.preset.get("arms") or {}
+        found = [a for a, spec in arms.items() if spec.get("role") == role]
+        if not found:
+            rule = REFERENCE_RULE if role == REFERENCE else role
+            found = [a for a, spec in arms.items() if spec.get("rule") == rule]
+        if len(found) != 1:
+            raise ConfigError(
+                f"preset {self.plan.paper!r}: the report needs exactly one arm for role "
+                f"{role!r} (an arm with 'role: {role}', or the one arm training that rule), "
+                f"found {found or 'none'}")
+        return found[0]
 
 
 def num(value: Any) -> bool:

@@ -9,7 +9,9 @@ architectures and hyper-parameters as ``biograd train`` config keys::
     experiments: name -> {config: {...}, quick: {...}, full: {...}, arms: [subset],
                           only: [budgets it runs in],
                           per_arm: {label: {rule_args: {...}, config: {...}}}}
-    arms:        label -> {rule: NAME, rule_args: {...}, config: {...}}
+    arms:        label -> {rule: NAME, rule_args: {...}, config: {...}, role: NAME}
+                 (``role``: how a paper's report finds the arm, whatever its label; without
+                 it an arm is found by its rule, :meth:`paper_report.Context.arm`)
     settings:    paper-specific measurement settings (P4's relaxation batch, P5's repeats);
                  every paper also has ``cost_repeats`` (paired timing blocks per arm of the
                  report's cost ratios, default 5; 0 measures none)
@@ -49,7 +51,7 @@ _TOP = {"paper", "title", "reference", "claim", "base", "budgets", "experiments"
 _BUDGET = {"seeds", "config", "settings"}
 _EXPERIMENT = {"label", "config", "arms", "only", "per_arm", *BUDGETS}
 _PER_ARM = {"rule_args", "config"}
-_ARM = {"rule", "rule_args", "config"}
+_ARM = {"rule", "rule_args", "config", "role"}
 
 
 @dataclass

@@ -5,6 +5,7 @@ mean +- std over seeds, and the diverged runs per cell (the paper's "stability")
 from __future__ import annotations
 
 from biograd.experiments.paper_report import (
+    REFERENCE,
     Claim,
     Context,
     Section,
@@ -14,7 +15,7 @@ from biograd.experiments.paper_report import (
     mean_std,
 )
 
-ALTERNATIVES_OF_INTEREST = ("lra_e", "dtp_sigma")
+ALTERNATIVES_OF_INTEREST = ("lra_e", "dtp_sigma")  # roles (rules) of the arms
 
 
 def _error(ctx: Context, exp: str, arm: str) -> tuple[float, float, int, int]:
@@ -64,7 +65,7 @@ def report(ctx: Context) -> Section:
              f"| rule | {head} |", "| --- |" + " --- |" * len(exps)]
     best: dict[str, str] = {}
     for e in exps:
-        alts = [(mean, a) for a in arms if a != "backprop"
+        alts = [(mean, a) for a in arms if a != ctx.arm(REFERENCE)
                 for mean in [_error(ctx, e, a)[0]] if mean == mean]
         if alts:
             best[e] = min(alts)[1]
@@ -80,9 +81,10 @@ def report(ctx: Context) -> Section:
         lines.append(f"| {arm} | " + " | ".join(row) + " |")
     lines += ["", _plot(ctx, datasets, arms), "", *cost_table(ctx, exps, arms)]
     claims = _claims(ctx, exps, arms, best)
-    lra = [_error(ctx, e, "lra_e")[0] for e in exps]
-    bp = [_error(ctx, e, "backprop")[0] for e in exps]
-    key = (f"LRA-E best alternative in {sum(best.get(e) == 'lra_e' for e in exps)}/{len(exps)} "
+    lra_arm = ctx.arm("lra_e")
+    lra = [_error(ctx, e, lra_arm)[0] for e in exps]
+    bp = [_error(ctx, e, ctx.arm(REFERENCE))[0] for e in exps]
+    key = (f"LRA-E best alternative in {sum(best.get(e) == lra_arm for e in exps)}/{len(exps)} "
            f"cells; mean error LRA-E {_avg(lra):.1f}% vs BP {_avg(bp):.1f}%; diverged runs: "
            f"{_diverged(ctx, exps, arms)}")
     return Section("\n".join(lines), claims, key)
@@ -94,7 +96,7 @@ def _avg(values: list[float]) -> float:
 
 
 def _steps(ctx: Context, exps: list[str]) -> str:
-    steps = {s.get("steps") for e in exps for s in ctx.runs(e, "backprop")}
+    steps = {s.get("steps") for e in exps for s in ctx.runs(e, ctx.arm(REFERENCE))}
     return "/".join(str(int(n)) for n in sorted(x for x in steps if x)) or "few"
 
 
@@ -106,11 +108,13 @@ def _diverged(ctx: Context, exps: list[str], arms: list[str]) -> str:
 
 def _claims(ctx: Context, exps: list[str], arms: list[str], best: dict[str, str]) -> list[Claim]:
     out = []
-    stable = {a: sum(_error(ctx, e, a)[2] for e in exps) for a in ALTERNATIVES_OF_INTEREST
+    of_interest = [ctx.find_arm(r) for r in ALTERNATIVES_OF_INTEREST]
+    stable = {a: sum(_error(ctx, e, a)[2] for e in exps) for a in of_interest
               if a in arms}
     deep = [e for e in exps if len(ctx.plan.experiments[e].model_args.get("hidden", [])) >= 8]
-    gap = {a: _avg([_error(ctx, e, a)[0] - _error(ctx, e, "backprop")[0] for e in deep])
-           for a in ALTERNATIVES_OF_INTEREST if a in arms}
+    bp = ctx.arm(REFERENCE)
+    gap = {a: _avg([_error(ctx, e, a)[0] - _error(ctx, e, bp)[0] for e in deep])
+           for a in of_interest if a in arms}
     held = all(n == 0 for n in stable.values())
     out.append(Claim(
         "With deeper tanh nets LRA-E and DTP-sigma stay stable and generalise well.",
@@ -120,8 +124,8 @@ def _claims(ctx: Context, exps: list[str], arms: list[str], best: dict[str, str]
         f"mean test-error gap to backprop is "
         + ", ".join(f"{a} {g:+.2f} points" for a, g in gap.items())
         + " (we call 'generalises well' a gap below 5 points at this budget)."))
-    wins = sum(best.get(e) == "lra_e" for e in exps)
-    others = {a: sum(best.get(e) == a for e in exps) for a in arms if a not in ("backprop",)}
+    wins = sum(best.get(e) == ctx.arm("lra_e") for e in exps)
+    others = {a: sum(best.get(e) == a for e in exps) for a in arms if a != bp}
     out.append(Claim(
         "LRA-E is the best of the backprop alternatives.",
         "held" if wins == len(exps) else ("partly held" if wins * 2 >= len(exps)

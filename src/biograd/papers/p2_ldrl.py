@@ -5,6 +5,7 @@ Fashion-MNIST MLPs and LeNets: accuracy, the update-vs-backprop angle per layer 
 from __future__ import annotations
 
 from biograd.experiments.paper_report import (
+    REFERENCE,
     Claim,
     Context,
     Section,
@@ -18,7 +19,7 @@ from biograd.experiments.paper_report import (
 )
 
 #: arms L-DRL's update angle is compared with; P2's "DRL" baselines are s-DDTP and p-DDTP
-TP = ("dtp", "drl", "ldrl", "s_ddtp", "p_ddtp")
+TP = ("dtp", "drl", "ldrl", "s_ddtp", "p_ddtp")  # roles (rules) of the arms
 
 
 def final_angle(ctx: Context, exp: str, arm: str) -> float:
@@ -47,34 +48,35 @@ def report(ctx: Context) -> Section:
         lines.append(f"| {arm} | " + " | ".join(row) + " |")
     lines += ["", "## Update-vs-backprop angle per layer over training", ""]
     for e in exps:
-        lines.append(plot_layer_angles(ctx, e, [a for a in arms if a != "backprop"],
+        lines.append(plot_layer_angles(ctx, e, [a for a in arms if a != ctx.arm(REFERENCE)],
                                        "angle_update/", f"angles_{e}.png",
                                        "update vs backprop angle (deg)"))
-    tp = [a for a in TP if a in arms]
+    tp = [a for a in (ctx.find_arm(r) for r in TP) if a in arms]
     claims = _claims(ctx, exps, tp)
     def gap(e: str) -> float:
-        return mean_accuracy(ctx, e, "ldrl") - mean_accuracy(ctx, e, "backprop")
+        return mean_accuracy(ctx, e, ctx.arm("ldrl")) - mean_accuracy(ctx, e, ctx.arm(REFERENCE))
 
     key = "; ".join(
         f"{e}: L-DRL {fmt(gap(e), '+.1f')} pts vs BP, "
-        f"{fmt(final_angle(ctx, e, 'ldrl'), '.0f', '°')} (DTP "
-        f"{fmt(final_angle(ctx, e, 'dtp'), '.0f', '°')}), "
-        f"{fmt(ctx.step_cost(e, 'ldrl'), '.1f', '×')} BP" for e in exps[:2])
+        f"{fmt(final_angle(ctx, e, ctx.arm('ldrl')), '.0f', '°')} (DTP "
+        f"{fmt(final_angle(ctx, e, ctx.arm('dtp')), '.0f', '°')}), "
+        f"{fmt(ctx.step_cost(e, ctx.arm('ldrl')), '.1f', '×')} BP" for e in exps[:2])
     return Section("\n".join(lines), claims, key)
 
 
 def _claims(ctx: Context, exps: list[str], tp: list[str]) -> list[Claim]:
     # a rule with no finite angle (diverged) cannot beat L-DRL; L-DRL without one cannot win
-    best_angle = [e for e in exps if final_angle(ctx, e, "ldrl") == final_angle(ctx, e, "ldrl")
-                  and all(not final_angle(ctx, e, "ldrl") > final_angle(ctx, e, a) for a in tp)]
+    ldrl, drl, bp = ctx.arm("ldrl"), ctx.arm("drl"), ctx.arm(REFERENCE)
+    best_angle = [e for e in exps if final_angle(ctx, e, ldrl) == final_angle(ctx, e, ldrl)
+                  and all(not final_angle(ctx, e, ldrl) > final_angle(ctx, e, a) for a in tp)]
     angles = ", ".join(
         f"{e}: " + ", ".join(f"{a} {fmt(final_angle(ctx, e, a), '.1f', '°')}" for a in tp)
         for e in exps)
-    gaps = {e: mean_accuracy(ctx, e, "backprop") - mean_accuracy(ctx, e, "ldrl") for e in exps}
+    gaps = {e: mean_accuracy(ctx, e, bp) - mean_accuracy(ctx, e, ldrl) for e in exps}
     near = [e for e, g in gaps.items() if g <= 1.0]
-    ahead = [e for e in exps if mean_accuracy(ctx, e, "ldrl") == mean_accuracy(ctx, e, "ldrl")
-             and not mean_accuracy(ctx, e, "ldrl") < mean_accuracy(ctx, e, "drl")]
-    ratios = {e: ctx.step_cost(e, "ldrl") for e in exps}
+    ahead = [e for e in exps if mean_accuracy(ctx, e, ldrl) == mean_accuracy(ctx, e, ldrl)
+             and not mean_accuracy(ctx, e, ldrl) < mean_accuracy(ctx, e, drl)]
+    ratios = {e: ctx.step_cost(e, ldrl) for e in exps}
 
     def verdict(n: int) -> str:
         return "held" if n == len(exps) else ("partly held" if n else "did not hold")

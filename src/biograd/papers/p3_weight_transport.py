@@ -5,6 +5,7 @@ Kolen-Pollack: accuracy and the feedback-vs-forward angle (B vs W^T) per layer o
 from __future__ import annotations
 
 from biograd.experiments.paper_report import (
+    REFERENCE,
     Claim,
     Context,
     Section,
@@ -52,25 +53,25 @@ def report(ctx: Context) -> Section:
         lines.append(f"| {arm} | " + " | ".join(row) + " |")
     lines += ["", "## Feedback-vs-forward angle per layer over training", ""]
     for e in exps:
-        lines.append(plot_layer_angles(ctx, e, [a for a in arms if a != "backprop"],
+        lines.append(plot_layer_angles(ctx, e, [a for a in arms if a != ctx.arm(REFERENCE)],
                                        "angle_feedback/", f"feedback_angles_{e}.png",
                                        "B vs W^T angle (deg)"))
     lines += ["", *cost_table(ctx, exps, arms)]
     claims = _claims(ctx, exps)
     key = "; ".join(
-        f"{e}: KP {feedback_angle(ctx, e, 'kolen_pollack'):.0f}°, WM "
-        f"{feedback_angle(ctx, e, 'weight_mirror'):.0f}°, FA "
-        f"{feedback_angle(ctx, e, 'feedback_alignment'):.0f}°; acc BP/KP/WM/FA/SS "
-        + "/".join(f"{mean_accuracy(ctx, e, a):.1f}" for a in ("backprop", "kolen_pollack",
-                                                       "weight_mirror", "feedback_alignment",
-                                                       "sign_symmetry"))
+        f"{e}: KP {feedback_angle(ctx, e, ctx.arm('kolen_pollack')):.0f}°, WM "
+        f"{feedback_angle(ctx, e, ctx.arm('weight_mirror')):.0f}°, FA "
+        f"{feedback_angle(ctx, e, ctx.arm('feedback_alignment')):.0f}°; acc BP/KP/WM/FA/SS "
+        + "/".join(f"{mean_accuracy(ctx, e, ctx.arm(a)):.1f}" for a in (
+            REFERENCE, "kolen_pollack", "weight_mirror", "feedback_alignment", "sign_symmetry"))
         for e in exps[:2])
     return Section("\n".join(lines), claims, key)
 
 
 def _claims(ctx: Context, exps: list[str]) -> list[Claim]:
-    kp = {e: feedback_angle(ctx, e, "kolen_pollack") for e in exps}
-    wm = {e: feedback_angle(ctx, e, "weight_mirror") for e in exps}
+    kp_arm, wm_arm = ctx.arm("kolen_pollack"), ctx.arm("weight_mirror")
+    kp = {e: feedback_angle(ctx, e, ctx.arm("kolen_pollack")) for e in exps}
+    wm = {e: feedback_angle(ctx, e, ctx.arm("weight_mirror")) for e in exps}
     aligned = [e for e in exps if kp[e] < KP_ALIGNED and wm[e] < WM_ALIGNED]
     def top(e: str, arms: tuple[str, ...], worst: bool = False) -> float:
         """Best (or worst) accuracy of ``arms``; a diverged arm counts as the lowest."""
@@ -78,10 +79,10 @@ def _claims(ctx: Context, exps: list[str]) -> list[Claim]:
         vals = [v if v == v else float("-inf") for v in vals]
         return min(vals) if worst else max(vals)
 
-    ours = ("kolen_pollack", "weight_mirror")
+    ours = (ctx.arm("kolen_pollack"), ctx.arm("weight_mirror"))
     beat = [e for e in exps
-            if top(e, ours, worst=True) > top(e, ("feedback_alignment", "sign_symmetry"))]
-    near = [e for e in exps if mean_accuracy(ctx, e, "backprop") - top(e, ours) <= 1.0]
+            if top(e, ours, worst=True) > top(e, (ctx.arm("feedback_alignment"), "sign_symmetry"))]
+    near = [e for e in exps if mean_accuracy(ctx, e, ctx.arm(REFERENCE)) - top(e, ours) <= 1.0]
 
     def verdict(n: int) -> str:
         return "held" if n == len(exps) else ("partly held" if n else "did not hold")
@@ -90,8 +91,8 @@ def _claims(ctx: Context, exps: list[str]) -> list[Claim]:
         Claim("WM and KP bring the feedback weights into alignment with W^T (KP's angle tends "
               "to 0, WM's stays small).", verdict(len(aligned)),
               "Final mean angles: " + ", ".join(
-                  f"{e}: KP {first_angle(ctx, e, 'kolen_pollack'):.1f}° -> {kp[e]:.1f}°, WM "
-                  f"{first_angle(ctx, e, 'weight_mirror'):.1f}° -> {wm[e]:.1f}°" for e in exps)
+                  f"{e}: KP {first_angle(ctx, e, kp_arm):.1f}° -> {kp[e]:.1f}°, WM "
+                  f"{first_angle(ctx, e, wm_arm):.1f}° -> {wm[e]:.1f}°" for e in exps)
               + f" (aligned: KP < {KP_ALIGNED:g}° and WM < {WM_ALIGNED:g}°). Under KP, "
               "W - B^T shrinks by a factor (1 - lr * weight_decay) per step (1 - 1e-6 here), "
               "so in a short run the alignment comes from the shared updates outgrowing the "

@@ -10,6 +10,7 @@ import torch
 
 from biograd.core.registry import create_rule
 from biograd.experiments.paper_report import (
+    REFERENCE,
     Claim,
     Context,
     Section,
@@ -120,7 +121,8 @@ def report(ctx: Context) -> Section:
     key = (f"AR relax error after {steps} steps: "
            + (f"{max(e[-1] for e in curves[std]):.1e}" if std else "-")
            + "; acc " + ", ".join(
-               f"{e}: BP {acc[e, 'backprop'][0]:.1f} / AR {acc[e, std][0]:.1f}" for e in exps
+               f"{e}: BP {acc[e, ctx.arm(REFERENCE)][0]:.1f} / AR {acc[e, std][0]:.1f}"
+               for e in exps
                if std))
     return Section("\n".join(lines), claims, key)
 
@@ -140,7 +142,7 @@ def _claims(ctx: Context, exps: list[str], arms: list[str], acc: dict, curves: d
             "every layer. The error contracts geometrically with the Euler step, as the "
             "linear dynamics predict; lower layers start later, so they lag by a few steps "
             "per layer."))
-        gaps = {e: acc[e, "backprop"][0] - acc[e, std][0] for e in exps}
+        gaps = {e: acc[e, ctx.arm(REFERENCE)][0] - acc[e, std][0] for e in exps}
         out.append(Claim(
             "AR's accuracy matches backprop's.",
             "held" if all(g <= 1.0 for g in gaps.values()) else "did not hold",
@@ -149,7 +151,8 @@ def _claims(ctx: Context, exps: list[str], arms: list[str], acc: dict, curves: d
     variants = [a for a in arms if a in arm_cfg and arm_cfg[a]["rule"] == AR and a != std
                 and (arm_cfg[a].get("rule_args") or {}).get("backward") != "random"]
     if variants:
-        gaps = {(e, a): acc[e, "backprop"][0] - acc[e, a][0] for e in exps for a in variants}
+        bp = ctx.arm(REFERENCE)
+        gaps = {(e, a): acc[e, bp][0] - acc[e, a][0] for e in exps for a in variants}
         kept = sum(g <= KEEP_POINTS for g in gaps.values())
         out.append(Claim(
             "The simplifications (learned backward weights, dropped derivatives) keep "
