@@ -8,6 +8,8 @@ without). Inputs may live on the host: each chunk is moved to the model's device
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -63,21 +65,39 @@ def angles(rule: LearningRule, x: Tensor, y: Tensor) -> dict[str, float]:
     return out
 
 
+def _all_finite(tensors: list[Tensor]) -> bool:
+    """Whether every element of ``tensors`` is finite, with one reduction per tensor and one
+    host sync: a NaN or inf anywhere makes the total NaN or inf. A total that overflows from
+    finite values is re-checked tensor by tensor, so the answer is exact."""
+    if not tensors:
+        return True
+    total = torch.stack([t.detach().sum(dtype=torch.float32) for t in tensors]).sum()
+    if bool(torch.isfinite(total)):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 def divergence(loss: float, rule: LearningRule, max_loss: float) -> str | None:
     """Why this step's loss or update makes the run diverged, or None if it is fine."""
-    if not torch.isfinite(torch.tensor(loss)):
+    if not math.isfinite(loss):
         return f"loss is {loss}"
     if loss > max_loss:
         return f"loss {loss:.4g} exceeds max_loss {max_loss:g}"
-    for name, p in rule.named_parameters():
-        if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+    named = [(n, p.grad) for n, p in rule.named_parameters() if p.grad is not None]
+    if _all_finite([g for _, g in named]):
+        return None
+    for name, grad in named:  # name the first offender (only once the run has diverged)
+        if not bool(torch.isfinite(grad).all()):
             return f"non-finite update in {name}"
     return None
 
 
 def nonfinite_parameter(rule: LearningRule) -> str | None:
     """Why the parameters are no longer usable after an update, or None if all are finite."""
-    for name, p in rule.named_parameters():
+    named = list(rule.named_parameters())
+    if _all_finite([p for _, p in named]):
+        return None
+    for name, p in named:
         if not bool(torch.isfinite(p).all()):
             return f"non-finite parameter {name} after the update"
     return None
