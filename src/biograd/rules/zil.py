@@ -51,9 +51,9 @@ from biograd.graph.capture import PCGraph
 from biograd.graph.inference import PCInference, levels_of, zil_frontier
 
 Outcome = tuple[Tensor, Tensor, dict[str, list[float]]]  # loss, output, traces
-#: steps of the fast path per autograd call (measured on CPU: one call per step costs 1.2x
-#: to 2.4x backprop on the 28-step RNN / LSTM, 8 steps per call 1.0x to 1.5x;
-#: docs/algorithms/pc_zil.md, "Cost")
+#: steps of the fast path per autograd call, at most (measured on CPU, batch 64: one call per
+#: step costs 1.6x / 2.1x backprop on the 28-step RNN / LSTM, 8 steps per call 1.2x / 1.2x,
+#: 1.0x-1.1x on the MLP, CNN, ResNets and transformer; docs/algorithms/pc_zil.md, "Cost")
 LEVELS_PER_CALL = 8
 
 
