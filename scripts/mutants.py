@@ -49,7 +49,8 @@ def group(file: str, tests: tuple[str, ...],
 BACKWARD = ["tests/test_backward_rules.py", "tests/test_feedback_ops.py"]
 TP = ["tests/test_target_prop.py", "tests/test_inverse.py", "tests/test_mutation_kills.py"]
 AR = sel(["tests/test_activation_relaxation.py"], "activation_relaxation")
-EP = sel(["tests/test_equilibrium_prop.py"], "equilibrium_prop")
+EP = sel(["tests/test_equilibrium_prop.py", "tests/test_iterative_speed_equivalence.py"],
+         "equilibrium_prop")
 PC = sel(["tests/test_predictive_coding.py", "tests/test_pc_fast_path.py"], "predictive_coding")
 LRA = sel(["tests/test_lra_e.py"], "lra_e")
 
@@ -176,25 +177,15 @@ MUTANTS += group(R + "equilibrium_prop.py", EP, [
      "return self.blocks[-1].activation(self.free_phase(x, differentiable=True).states[-1])",
      "return self.model(x)"),
     ("equilibrium_prop: contrast scale", "dropped factor", CORE,
-     "            ) / scale\n", "            ) * scale\n"),
-    ("equilibrium_prop: contrast sign", "flipped sign", CORE,
-     "- hopfield_energy(s_b, x.detach(), weights, biases, acts).mean()",
-     "+ hopfield_energy(s_b, x.detach(), weights, biases, acts).mean()"),
-    ("equilibrium_prop: nudge sign", "flipped sign", CORE,
-     "grads[-1] = grads[-1] + beta * d_out * g", "grads[-1] = grads[-1] - beta * d_out * g"),
-    ("equilibrium_prop: nudge without rho'(s_L)", "dropped factor", CORE,
-     "grads[-1] = grads[-1] + beta * d_out * g", "grads[-1] = grads[-1] + beta * g"),
-    ("equilibrium_prop: nudge by the batch-mean gradient", "dropped factor", CORE,
-     "g = per_sample_output_grad(self.loss_fn, out, y)",
-     "g = per_sample_output_grad(self.loss_fn, out, y) / out.shape[0]"),
+     "alpha = 1.0 / (x.shape[0] * scale)", "alpha = 1.0 / x.shape[0] * scale"),
     ("equilibrium_prop: symmetric estimator is one-sided", "wrong operand", CORE,
      "return beta, -beta", "return beta, 0.0"),
     ("equilibrium_prop: nudged phase starts from the init", "wrong operand", CORE,
-     "res = self._relax(xf, y, free.states, beta, self.nudged_steps)",
-     "res = self._relax(xf, y, self.init(self.blocks, xf), beta, self.nudged_steps)"),
+     "start = [s.repeat(k, 1) for s in free.states] if k > 1 else free.states",
+     "start = [s.repeat(k, 1) for s in self.init(self.blocks, xf)] if k > 1 else "
+     "self.init(self.blocks, xf)"),
     ("equilibrium_prop: nudged phase runs free_steps", "wrong operand", AUX,
-     "res = self._relax(xf, y, free.states, beta, self.nudged_steps)",
-     "res = self._relax(xf, y, free.states, beta, self.free_steps)"),
+     "self.nudged_steps, record, fused=", "self.free_steps, record, fused="),
     ("equilibrium_prop: input drive without the first bias", "skipped update", CORE,
      "drive = nn.functional.linear(x, weights[0], biases[0])",
      "drive = nn.functional.linear(x, weights[0])"),
@@ -215,10 +206,46 @@ MUTANTS += group(O + "energy.py", EP, [
     ("energy ops: sigmoid derivative", "dropped factor", CORE,
      "return r, r * (1.0 - r)", "return r, 1.0 - r"),
     ("energy ops: mse output error sign", "flipped sign", CORE,
-     "return out - target", "return target - out"),
+     "return lambda out: out - target", "return lambda out: target - out"),
     ("energy ops: generic per-sample gradient not times the batch", "dropped factor", AUX,
-     "return losses.output_error(loss, out, y) * out.shape[0]",
-     "return losses.output_error(loss, out, y)"),
+     "return lambda out: losses.output_error(loss, out, y) * out.shape[0]",
+     "return lambda out: losses.output_error(loss, out, y)"),
+    ("equilibrium_prop: contrast sign", "flipped sign", CORE,
+     "gw.addmm_(rb.t(), rates_b[i - 1], alpha=alpha)",
+     "gw.addmm_(rb.t(), rates_b[i - 1], alpha=-alpha)"),
+    ("equilibrium_prop: contrast of the first layer and biases summed", "flipped sign", CORE,
+     "diff = ra - rb", "diff = ra + rb"),
+])
+# the relaxation loops of equilibrium_prop: the in-place one (the rule's step) and the
+# functional one (predict, reference_output, _relax)
+MUTANTS += group(O + "hopfield_dynamics.py", EP, [
+    ("equilibrium_prop: nudge sign", "flipped sign", CORE,
+     "top.addcmul_(beta, g, value=-1.0)", "top.addcmul_(beta, g, value=1.0)"),
+    ("equilibrium_prop: one-sided nudge sign", "flipped sign", CORE,
+     "top.add_(g, alpha=-float(beta))", "top.add_(g, alpha=float(beta))"),
+    ("equilibrium_prop: nudge by the batch-mean gradient", "dropped factor", CORE,
+     "            g = grad_t(out)\n", "            g = grad_t(out) / out.shape[1]\n"),
+    ("equilibrium_prop: nudge without rho'(s_L)", "dropped factor", CORE,
+     "g = nudge.grad(rates[-1])",
+     "g = nudge.grad(rates[-1]) / times_derivative(acts[-1], states[-1], rates[-1], "
+     "torch.ones_like(rates[-1]))"),
+    ("equilibrium_prop: functional nudge sign", "flipped sign", CORE,
+     "drives[-1] = drives[-1] - nudge.beta * g", "drives[-1] = drives[-1] + nudge.beta * g"),
+    ("hopfield: block coupling W^T dropped", "skipped update", CORE,
+     "                a_eo[blo:bhi, alo - split:ahi - split] = w[i].t()\n",
+     "                a_eo[blo:bhi, alo - split:ahi - split] = 0.0\n"),
+    ("hopfield: per-coupling top-down product dropped", "skipped update", CORE,
+     "self.drive_ops += [partial(self.drives[i - 1].addmm_, w[i].t(), self.rates[i]),",
+     "self.drive_ops += [partial(self.drives[i - 1].mul_, 1.0),"),
+    ("hopfield: tanh derivative dropped from the in-place step", "dropped factor", CORE,
+     "self.derivative_ops.append(partial(_TANH_BACKWARD, d, r, grad_input=d))",
+     "self.derivative_ops.append(partial(d.mul_, 1.0))"),
+    ("hopfield: in-place Euler step doubled", "dropped factor", CORE,
+     "buf.S.lerp_(buf.D, step_size)", "buf.S.lerp_(buf.D, 2 * step_size)"),
+    ("hopfield: functional top-down term dropped", "skipped update", CORE,
+     "d = d.addmm_(rates[i + 1], self.weights[i + 1])", "d = d"),
+    ("hopfield: energy coupling counted once", "dropped factor", AUX,
+     "return half.sub_(T.sum(0)).mul_(0.5)", "return half.sub_(0.5 * T.sum(0)).mul_(0.5)"),
 ])
 MUTANTS += group("src/biograd/core/relax.py", EP, [
     ("relax: reference phase not differentiable", "skipped update", AUX,
@@ -432,6 +459,30 @@ MUTANTS += group("src/biograd/graph/inference.py",
      "\n                    (g,) = torch.autograd.grad(self.beta * self.loss_fn(m, self.y), m)",
      "\n                    (g,) = torch.autograd.grad(2 * self.beta * self.loss_fn(m, self.y),"
      " m)"),
+])
+
+GRAPH = sel(["tests/test_zil.py", "tests/test_graph.py"], "zil")
+MUTANTS += group("src/biograd/graph/levels.py", GRAPH, [
+    ("levels: shortest path to the output instead of the longest", "wrong operand", CORE,
+     "            level[i] = max(live) + 1", "            level[i] = min(live) + 1"),
+    ("levelling: long edges left as they are", "skipped update", CORE,
+     "            if g.vertices[u].kind in CLAMPED or lu is None or lu == lc + 1:",
+     "            if True:"),
+    ("levelling: identity chain one vertex short", "dropped factor", CORE,
+     "        for k in range(top - 1, lv - 1, -1):", "        for k in range(top - 1, lv, -1):"),
+])
+GRAPH_IN = sel(["tests/test_zil.py", "tests/test_graph.py", "tests/test_bad_input.py"], "zil")
+MUTANTS += group("src/biograd/graph/guards.py", GRAPH_IN, [
+    ("capture: composite modules accepted", "skipped check", CORE,
+     "    if advice is not None:\n        cls = type(mod)",
+     "    if False:\n        cls = type(mod)"),
+    ("capture: a leaf with parts accepted", "skipped check", AUX,
+     "    if kids and leaf:", "    if False:"),
+])
+MUTANTS += group("src/biograd/graph/capture.py", GRAPH, [
+    ("capture: a vertex does not recompute its inline inputs", "skipped update", CORE,
+     "            if kinds[a] == INLINE and a not in seen:",
+     "            if False:"),
 ])
 
 # ---------------------------------------------------------------------- left out
