@@ -116,7 +116,13 @@ def test_predict_is_the_free_phase_output_and_step_reports_energies() -> None:
     assert result.metrics["relax_steps"] == 200.0
     assert result.metrics["free_residual"] < 1e-6  # max |dE/ds| at the free fixed point
     assert all(isinstance(v, float) for v in result.metrics.values())
-    assert len(rule.last_trace["free"]) == 200 and "nudged_minus" in rule.last_trace
+    # the per-step trace is opt-in (trace=True); by default the first and last energies only
+    assert rule.last_trace["free"] == [result.metrics["energy_first"],
+                                       result.metrics["energy_last"]]
+    traced = biograd.create_rule("equilibrium_prop", model, loss="mse", free_steps=200,
+                                 trace=True)
+    traced.step(x, y)
+    assert len(traced.last_trace["free"]) == 200 and "nudged_minus" in traced.last_trace
     assert not torch.allclose(out, model(x))
 
 

@@ -12,7 +12,7 @@ The input ``x`` is clamped and enters as it is (no ``rho`` on the input layer).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,18 +37,37 @@ def rate_and_derivative(act: nn.Module, s: Tensor) -> tuple[Tensor, Tensor]:
     return act(s), activation_derivative(act, s)
 
 
-def per_sample_output_grad(loss: losses.LossFn, out: Tensor, y: Tensor) -> Tensor:
-    """``dl_i/d out_i`` of the per-sample loss (the batch-mean loss's gradient times the batch
-    size): closed forms for biograd's ``mse`` and ``cross_entropy``, autograd otherwise."""
+def output_grad_fn(
+    loss: losses.LossFn, y: Tensor, classes: int, dtype: torch.dtype,
+    feature_major: bool = False,
+) -> Callable[[Tensor], Tensor]:
+    """``out -> dl_i/d out_i`` of the per-sample loss (the batch-mean loss's gradient times the
+    batch size) with the labels ``y`` prepared once, for loops that call it every step: closed
+    forms for biograd's ``mse`` and ``cross_entropy``, autograd otherwise. ``feature_major``:
+    ``out`` and the result are ``classes x batch`` (a softmax over the first dimension is also
+    several times faster than over a short last one)."""
     if loss is losses.mse or loss is losses.cross_entropy:
+        d = 0 if feature_major else -1
         if y.is_floating_point():
-            target = y.to(out.dtype)
+            target = y.to(dtype)
         else:
-            target = F.one_hot(y.long(), out.shape[-1]).to(out.dtype)
+            target = F.one_hot(y.long(), classes).to(dtype)
+        if feature_major:
+            target = target.t().contiguous()
         if loss is losses.mse:
-            return out - target
-        return torch.softmax(out, -1) * target.sum(-1, keepdim=True) - target
-    return losses.output_error(loss, out, y) * out.shape[0]
+            return lambda out: out - target
+        if not y.is_floating_point():  # one-hot rows: probability mass 1
+            return lambda out: torch.softmax(out, d) - target
+        mass = target.sum(d, keepdim=True)
+        return lambda out: torch.softmax(out, d) * mass - target
+    if feature_major:
+        return lambda out: (losses.output_error(loss, out.t(), y) * out.shape[1]).t()
+    return lambda out: losses.output_error(loss, out, y) * out.shape[0]
+
+
+def per_sample_output_grad(loss: losses.LossFn, out: Tensor, y: Tensor) -> Tensor:
+    """``dl_i/d out_i`` of the per-sample loss (:func:`output_grad_fn` applied once)."""
+    return output_grad_fn(loss, y, out.shape[-1], out.dtype)(out)
 
 
 def hopfield_energy(
@@ -94,6 +113,25 @@ def hopfield_state_grad(
         drive = up + rates[i + 1] @ weights[i + 1] if i + 1 < n else up
         grads.append(states[i] - derivs[i] * drive)
     return grads, energy
+
+
+def hopfield_param_contrast(
+    rates_a: Sequence[Tensor], rates_b: Sequence[Tensor], x: Tensor, alpha: float = 1.0
+) -> list[tuple[Tensor, Tensor]]:
+    """``alpha`` times the batch sums of ``dE/dtheta(s_a) - dE/dtheta(s_b)`` per layer,
+    ``(weight, bias)``, in closed form from the rates ``r_l = rho_l(s_l)`` (Scellier & Bengio
+    2017, Eq. 1): ``dE/dW_l = -r_l r_{l-1}^T`` and ``dE/db_l = -r_l`` with ``r_0 = x`` in both
+    states. Fresh tensors, one matrix product per state and layer (one for the first)."""
+    out = []
+    for i, (ra, rb) in enumerate(zip(rates_a, rates_b, strict=True)):
+        diff = ra - rb
+        if i == 0:
+            gw = torch.mm(diff.t(), x).mul_(-alpha)
+        else:
+            gw = torch.mm(ra.t(), rates_a[i - 1]).mul_(-alpha)
+            gw.addmm_(rb.t(), rates_b[i - 1], alpha=alpha)
+        out.append((gw, diff.sum(0).mul_(-alpha)))
+    return out
 
 
 def relaxation_residual(state: Tensor, target: Tensor) -> Tensor:

@@ -27,13 +27,17 @@ from biograd.core.blocks import Block, as_blocks
 from biograd.core.errors import UnsupportedModelError
 from biograd.core.losses import LossFn
 from biograd.core.registry import register_rule
-from biograd.core.relax import RelaxResult, relax
+from biograd.core.relax import RelaxResult
 from biograd.core.rule import LearningRule, StepResult
-from biograd.ops.energy import (
-    hopfield_energy,
-    hopfield_state_grad,
-    per_sample_output_grad,
-    rate_and_derivative,
+from biograd.ops.energy import hopfield_param_contrast, output_grad_fn
+from biograd.ops.hopfield_dynamics import (
+    HopfieldChain,
+    HopfieldRelaxResult,
+    Nudge,
+    Workspace,
+    rate,
+    relax_hopfield,
+    relax_hopfield_inplace,
 )
 
 
@@ -63,14 +67,15 @@ class OneSided(Estimator):
 ESTIMATORS: dict[str, type[Estimator]] = {"symmetric": Symmetric, "one_sided": OneSided}
 
 
-def _zeros(blocks: list[Block], x: Tensor) -> list[Tensor]:
+def _zeros(blocks: list[Block], x: Tensor, drive: Tensor | None = None) -> list[Tensor]:
     return [x.new_zeros(x.shape[0], b.layer.out_features) for b in blocks]
 
 
-def _feed_forward(blocks: list[Block], x: Tensor) -> list[Tensor]:
+def _feed_forward(blocks: list[Block], x: Tensor, drive: Tensor | None = None) -> list[Tensor]:
+    """Pre-activations of a forward pass; ``drive``: the first one, if already computed."""
     states, r = [], x
-    for b in blocks:
-        s = b.layer(r)
+    for i, b in enumerate(blocks):
+        s = drive if i == 0 and drive is not None else b.layer(r)
         states.append(s)
         r = b.activation(s)
     return states
@@ -78,7 +83,7 @@ def _feed_forward(blocks: list[Block], x: Tensor) -> list[Tensor]:
 
 #: How the free phase starts: the feed-forward pre-activations (s_l = W_l rho(s_{l-1}) + b_l,
 #: the fixed point without top-down input) or zeros (Scellier & Bengio 2017).
-INITS: dict[str, Callable[[list[Block], Tensor], list[Tensor]]] = {
+INITS: dict[str, Callable[[list[Block], Tensor, Tensor | None], list[Tensor]]] = {
     "forward": _feed_forward,
     "zeros": _zeros,
 }
@@ -92,7 +97,17 @@ INITS: dict[str, Callable[[list[Block], Tensor], list[Tensor]]] = {
     supports=("mlp",),
 )
 class EquilibriumProp(LearningRule):
-    """Equilibrium propagation on a layered Hopfield energy (symmetric nudging by default)."""
+    """Equilibrium propagation on a layered Hopfield energy (symmetric nudging by default).
+
+    Cost (issue 15): :meth:`step` relaxes in place on preallocated buffers with the closed-form
+    state gradient (:func:`biograd.ops.hopfield_dynamics.relax_hopfield_inplace`: per Euler
+    step two block matrix products and four elementwise kernels), both nudged phases together
+    as one batch of twice the rows, and writes the update in closed form; the energies are
+    recorded at the first and last step of each phase unless ``trace=True`` (every step, into
+    :attr:`last_trace`). :meth:`predict`, :meth:`reference_output` and ``_relax`` run the
+    same Euler steps functionally (autograd-capable); both agree within float rounding
+    (tests/test_iterative_speed_equivalence.py).
+    """
 
     def __init__(
         self,
@@ -106,6 +121,7 @@ class EquilibriumProp(LearningRule):
         estimator: str = "symmetric",
         init: str = "forward",
         tol: float | None = None,
+        trace: bool = False,
     ) -> None:
         super().__init__(model, loss)
         n = self.name
@@ -116,6 +132,8 @@ class EquilibriumProp(LearningRule):
         self.estimator = ESTIMATORS[checks.choice(n, "estimator", estimator, list(ESTIMATORS))]()
         self.init = INITS[checks.choice(n, "init", init, list(INITS))]
         self.tol = None if tol is None else checks.positive(n, "tol", tol)
+        self.trace = bool(trace)
+        self._workspace = Workspace()  # buffers of the in-place relaxations
         self.blocks = as_blocks(model, n)
         for i, b in enumerate(self.blocks):
             if not isinstance(b.layer, nn.Linear) or b.pool is not None or (i and b.flatten):
@@ -124,44 +142,82 @@ class EquilibriumProp(LearningRule):
                     f"convolution or pooling); block {i} is {b.layer!r} with pool {b.pool!r}. "
                     f"Use biograd.models.mlp."
                 )
-        #: Per-step energies of the last step's phases, for plotting ({"free": [...], ...}).
+        #: Energies of the last step's phases ({"free": [...], "nudged_plus": [...], ...}):
+        #: at every relaxation step with ``trace=True`` (for plotting), else at the first and
+        #: the last step only (what the metrics report; recording costs reductions per step).
         self.last_trace: dict[str, list[float]] = {}
 
     # ------------------------------------------------------------------ dynamics
     def _params(self) -> tuple[list[Tensor], list[Tensor | None]]:
         return [b.layer.weight for b in self.blocks], [b.layer.bias for b in self.blocks]
 
+    def _chain(self, x: Tensor) -> HopfieldChain:
+        """The network with ``x`` clamped; built with autograd on or off as the caller is, so
+        that it is differentiable when asked."""
+        weights, biases = self._params()
+        drive = nn.functional.linear(x, weights[0], biases[0])
+        return HopfieldChain(weights, biases, [b.activation for b in self.blocks], drive)
+
+    def _run(
+        self, chain: HopfieldChain, y: Tensor | None, start: list[Tensor], betas: list[float],
+        steps: int, record: str, fused: str | None = None, start_residual: bool = False,
+    ) -> tuple[HopfieldRelaxResult, list[list[float]]]:
+        """Relax ``len(betas)`` phases stacked along the batch (phase ``j``: rows ``j*B`` to
+        ``(j+1)*B``, nudging strength ``betas[j]``; the rows do not interact, so this is the
+        phases one after the other, in fewer, larger products). ``fused``: the in-place loop
+        (:func:`~biograd.ops.hopfield_dynamics.relax_hopfield_inplace`, no autograd) with the
+        buffers of that name (its states are views valid until that name's next use), else
+        (None) the functional one. Returns the result and, per phase, the recorded
+        ``F = mean_i E_i + beta C`` (one float per recorded step)."""
+        nudge = None
+        k = len(betas)
+        if y is not None and any(b != 0.0 for b in betas):
+            out_dim = chain.weights[-1].shape[0]
+            ys = y if k == 1 else torch.cat([y] * k)
+            grad = output_grad_fn(self.loss_fn, ys, out_dim, start[-1].dtype,
+                                  feature_major=bool(fused))
+            rows = y.shape[0]
+            beta: float | Tensor = betas[0] if k == 1 else torch.cat([
+                start[-1].new_full((rows, 1), b) for b in betas])
+            nudge = Nudge(beta, grad_t=grad) if fused else Nudge(beta, grad=grad)
+        if fused:
+            res = relax_hopfield_inplace(chain, start, steps=steps, step_size=self.step_size,
+                                         nudge=nudge, tol=self.tol, record=record,
+                                         start_residual=start_residual,
+                                         workspace=self._workspace, tag=fused)
+        else:
+            res = relax_hopfield(chain, start, steps=steps, step_size=self.step_size,
+                                 nudge=nudge, tol=self.tol, record=record)
+        values: list[list[Tensor]] = [[] for _ in betas]
+        for _, energy, out in res.records:
+            for j, (e, o) in enumerate(zip(energy.chunk(k), out.chunk(k), strict=True)):
+                f = e.mean()
+                if betas[j] != 0.0 and y is not None:
+                    f = f + betas[j] * self.loss_fn(o, y)
+                values[j].append(f.detach())
+        return res, [torch.stack(v).tolist() if v else [] for v in values]
+
     def _relax(
         self, x: Tensor, y: Tensor | None, start: list[Tensor], beta: float, steps: int,
-        differentiable: bool = False,
+        differentiable: bool = False, record: str = "all",
     ) -> RelaxResult:
-        weights, biases = self._params()
-        acts = [b.activation for b in self.blocks]
+        """One phase of strength ``beta`` from ``start`` (``differentiable``: through autograd)."""
         with torch.set_grad_enabled(differentiable):
-            drive = nn.functional.linear(x, weights[0], biases[0])
-        last = acts[-1]
+            res, (energies,) = self._run(self._chain(x), y, start, [beta], steps, record)
+        return RelaxResult(res.states, energies, res.steps, res.converged)
 
-        def dynamics(states: list[Tensor]) -> tuple[list[Tensor], Tensor]:
-            grads, energy = hopfield_state_grad(states, x, weights, biases, acts, drive)
-            total = energy.mean()
-            if beta != 0.0 and y is not None:
-                out, d_out = rate_and_derivative(last, states[-1])
-                # per-sample dC_i/ds_L (our losses are batch means)
-                g = per_sample_output_grad(self.loss_fn, out, y)
-                grads[-1] = grads[-1] + beta * d_out * g
-                total = total + beta * self.loss_fn(out, y)
-            return [-g for g in grads], total
-
-        return relax(start, dynamics, steps=steps, step_size=self.step_size, tol=self.tol,
-                     differentiable=differentiable)
-
-    def free_phase(self, x: Tensor, differentiable: bool = False) -> RelaxResult:
+    def free_phase(
+        self, x: Tensor, differentiable: bool = False, record: str = "none"
+    ) -> RelaxResult:
         """Relax ``E`` (no nudging) from the ``init`` states for ``free_steps`` Euler steps;
-        ``differentiable``: through autograd (from the init on), for :meth:`reference_output`."""
+        ``differentiable``: through autograd (from the init on), for :meth:`reference_output`;
+        ``record``: the steps whose energy is kept (``"all"``, ``"ends"`` or ``"none"``)."""
         x = self.blocks[0].pre(x)
         with torch.set_grad_enabled(differentiable):
-            start = self.init(self.blocks, x)
-        return self._relax(x, None, start, 0.0, self.free_steps, differentiable)
+            chain = self._chain(x)
+            start = self.init(self.blocks, x, chain.input_drive)
+            res, (energies,) = self._run(chain, None, start, [0.0], self.free_steps, record)
+        return RelaxResult(res.states, energies, res.steps, res.converged)
 
     def reference_output(self, x: Tensor) -> Tensor:
         """:meth:`predict`'s output, differentiable through the whole free phase: the update
@@ -181,52 +237,59 @@ class EquilibriumProp(LearningRule):
     def _write_update(
         self, x: Tensor, s_a: list[Tensor], s_b: list[Tensor], scale: float
     ) -> None:
-        """``.grad += (dE/dtheta(s_a) - dE/dtheta(s_b)) / scale`` (batch mean), by autograd."""
-        params = [p for blk in self.blocks for p in (blk.layer.weight, blk.layer.bias)
-                  if p is not None and p.requires_grad]
-        if not params:
-            return
-        weights, biases = self._params()
+        """``.grad += (dE/dtheta(s_a) - dE/dtheta(s_b)) / scale`` (batch mean), in closed form
+        (:func:`biograd.ops.energy.hopfield_param_contrast`)."""
         acts = [blk.activation for blk in self.blocks]
-        with torch.enable_grad():
-            contrast = (
-                hopfield_energy(s_a, x.detach(), weights, biases, acts).mean()
-                - hopfield_energy(s_b, x.detach(), weights, biases, acts).mean()
-            ) / scale
-            grads = torch.autograd.grad(contrast, params)
-        for p, g in zip(params, grads, strict=True):
-            self.accumulate_grad(p, g)
+        ra = [rate(a, s) for a, s in zip(acts, s_a, strict=True)]
+        rb = [rate(a, s) for a, s in zip(acts, s_b, strict=True)]
+        alpha = 1.0 / (x.shape[0] * scale)
+        grads = hopfield_param_contrast(ra, rb, x, alpha)
+        for blk, (gw, gb) in zip(self.blocks, grads, strict=True):
+            for p, g in ((blk.layer.weight, gw), (blk.layer.bias, gb)):
+                if p is None or not p.requires_grad:
+                    continue
+                if p.grad is None:
+                    p.grad = g.to(p.dtype)  # a fresh tensor of ours: no copy needed
+                else:
+                    p.grad.add_(g)
 
     # ------------------------------------------------------------------ the contract
+    @torch.no_grad()
     def step(self, x: Tensor, y: Tensor) -> StepResult:
-        """Free phase, nudged phase(s), update. ``StepResult.loss``/``output`` are those of
-        the free fixed point (what :meth:`predict` returns)."""
+        """Free phase, nudged phase(s) (both together when symmetric), update.
+        ``StepResult.loss``/``output`` are those of the free fixed point (what :meth:`predict`
+        returns)."""
         self.check_batch(x, y)
-        free = self.free_phase(x)
-        out = self.blocks[-1].activation(free.states[-1]).detach()
+        record = "all" if self.trace else "ends"
+        xf = self.blocks[0].pre(x)
+        chain = self._chain(xf)
+        free, (free_energy,) = self._run(chain, None, self.init(self.blocks, xf, chain.input_drive),
+                                         [0.0], self.free_steps, record, fused="free")
+        out = self.blocks[-1].activation(free.states[-1]).clone()  # not a view of a workspace
         self.check_labels(out, y)
         loss = float(self.loss_fn(out, y))
-        xf = self.blocks[0].pre(x)
-        a, b = self.estimator.betas(self.beta)
-        fixed: dict[float, list[Tensor]] = {0.0: free.states}
-        self.last_trace = {"free": free.energies}
-        weights, biases = self._params()
-        acts = [blk.activation for blk in self.blocks]
-        with torch.no_grad():
-            residual = hopfield_state_grad(free.states, xf, weights, biases, acts)[0]
+        nan = float("nan")
         metrics = {
-            "energy_first": free.energies[0] if free.energies else float("nan"),
-            "energy_last": free.energies[-1] if free.energies else float("nan"),
+            "energy_first": free_energy[0] if free_energy else nan,
+            "energy_last": free_energy[-1] if free_energy else nan,
             "relax_steps": float(free.steps),
-            # max |dE/ds| at the end of the free phase: ~0 when it reached its fixed point
-            "free_residual": max(float(r.abs().max()) for r in residual),
         }
-        for beta in (a, b):
-            if beta != 0.0:
-                res = self._relax(xf, y, free.states, beta, self.nudged_steps)
-                fixed[beta] = res.states
-                key = f"nudged_{'plus' if beta > 0 else 'minus'}"
-                self.last_trace[key] = res.energies
-                metrics[f"{key}_energy_last"] = res.energies[-1]
+        self.last_trace = {"free": free_energy}
+        a, b = self.estimator.betas(self.beta)
+        betas = [beta for beta in (a, b) if beta != 0.0]
+        k = len(betas)
+        start = [s.repeat(k, 1) for s in free.states] if k > 1 else free.states
+        nudged, energies = self._run(chain.stacked(k) if k > 1 else chain, y, start, betas,
+                                     self.nudged_steps, record, fused="nudged",
+                                     start_residual=True)
+        # max |dE/ds| at the end of the free phase (where the nudged phases start): ~0 when it
+        # reached its fixed point
+        metrics["free_residual"] = nudged.start_residual
+        fixed: dict[float, list[Tensor]] = {0.0: free.states}
+        for j, beta in enumerate(betas):
+            fixed[beta] = [s.chunk(k)[j] for s in nudged.states]
+            key = f"nudged_{'plus' if beta > 0 else 'minus'}"
+            self.last_trace[key] = energies[j]
+            metrics[f"{key}_energy_last"] = energies[j][-1]
         self._write_update(xf, fixed[a], fixed[b], a - b)
         return StepResult(loss, out, metrics)
