@@ -487,6 +487,23 @@ MUTANTS += group("src/biograd/graph/capture.py", GRAPH, [
      "            if kinds[a] == INLINE and a not in seen:",
      "            if False:"),
 ])
+# the full PC dynamics (RelaxSchedule over PCInference): the evidence of P5's report
+MUTANTS += group("src/biograd/graph/inference.py", GRAPH, [
+    ("PC dynamics: energy without the 1/2", "dropped factor", CORE,
+     "                total = total + 0.5 * (vals[i] - mu).pow(2).sum()  # type: ignore[operator]",
+     "                total = total + (vals[i] - mu).pow(2).sum()  # type: ignore[operator]"),
+    ("PC dynamics: value nodes climb the energy", "flipped sign", CORE,
+     "            None if g is None else -g for g in grads",
+     "            None if g is None else g for g in grads"),
+    ("PC update: local error sign", "flipped sign", CORE,
+     "                    g = mu.detach() - vals[i]  # type: ignore[operator]",
+     "                    g = vals[i] - mu.detach()  # type: ignore[operator]"),
+])
+MUTANTS += group(R + "zil.py", GRAPH, [
+    ("Z-IL full dynamics: C2 one step late (level t - 1 updated at step t)", "wrong operand",
+     CORE, "            inf.write_updates(levels[t], s, rule.accumulate_grad)",
+     "            inf.write_updates(levels[max(t - 1, 0)], s, rule.accumulate_grad)"),
+])
 
 # ---------------------------------------------------------------------- left out
 # Equivalent mutants, not counted (they cannot change behaviour on any input the rules accept):
