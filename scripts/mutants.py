@@ -48,7 +48,8 @@ def group(file: str, tests: tuple[str, ...],
 
 BACKWARD = ["tests/test_backward_rules.py", "tests/test_feedback_ops.py"]
 TP = ["tests/test_target_prop.py", "tests/test_inverse.py", "tests/test_mutation_kills.py"]
-AR = sel(["tests/test_activation_relaxation.py"], "activation_relaxation")
+AR = sel(["tests/test_activation_relaxation.py", "tests/test_iterative_speed_equivalence.py"],
+         "activation_relaxation")
 EP = sel(["tests/test_equilibrium_prop.py", "tests/test_iterative_speed_equivalence.py"],
          "equilibrium_prop")
 PC = sel(["tests/test_predictive_coding.py", "tests/test_pc_fast_path.py"], "predictive_coding")
@@ -141,8 +142,8 @@ MUTANTS += group(R + "activation_relaxation.py", AR, [
     ("activation_relaxation: update sign", "flipped sign", CORE,
      "self.accumulate_grad(p, grads[k])", "self.accumulate_grad(p, -grads[k])"),
     ("activation_relaxation: f' dropped from the relaxation only", "dropped factor", CORE,
-     "relaxation_residual(s, down[i + 1](post[i + 1](a)))",
-     "relaxation_residual(s, down[i + 1](a))"),
+     "lambda a, d=down[i + 1], p=post[i + 1]: d(p(a))",
+     "lambda a, d=down[i + 1], p=post[i + 1]: d(a)"),
     ("activation_relaxation: top held at the batch-mean gradient", "dropped factor", CORE,
      "top = per_sample_output_grad(self.loss_fn, out, y)",
      "top = per_sample_output_grad(self.loss_fn, out, y) / x.shape[0]"),
@@ -169,6 +170,18 @@ MUTANTS += group(R + "_ar_variants.py", AR, [
 MUTANTS += group(O + "energy.py", AR, [
     ("activation_relaxation: leak halved", "dropped factor", CORE,
      "return target - state", "return target - 0.5 * state"),
+])
+MUTANTS += group(O + "linear_relax.py", AR, [  # the closed form of the Euler steps (default)
+    ("activation_relaxation: closed-form leak halved", "dropped factor", CORE,
+     "keep, eps = 1.0 - step_size, step_size", "keep, eps = 1.0 - 0.5 * step_size, step_size"),
+    ("activation_relaxation: closed form without the coupled error terms", "skipped update",
+     CORE, "vecs.append([maps[i](prev[i + 1]) for i in range(n - k)])",
+     "vecs.append([0 * prev[i] for i in range(n - k)])"),
+    ("activation_relaxation: closed form from the fixed point", "wrong operand", CORE,
+     "vecs = [[s - f for s, f in zip(start, fixed, strict=True)]]",
+     "vecs = [[0 * s for s, f in zip(start, fixed, strict=True)]]"),
+    ("activation_relaxation: residual energy without the leak", "dropped factor", AUX,
+     "a[:, 0] = -c[:, 0]", "a[:, 0] = 0 * c[:, 0]"),
 ])
 
 # ---------------------------------------------------------------------- equilibrium propagation

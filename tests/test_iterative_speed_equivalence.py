@@ -258,3 +258,90 @@ def test_eqprop_updates_accumulate_and_leave_frozen_parameters_alone() -> None:
     for p in model.parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.grad, 2 * once[id(p)], **F64)
+
+
+# ---------------------------------------------------------------------- activation relaxation
+def _ar_rules(model, **hp):
+    fast = biograd.create_rule("activation_relaxation", model, **hp)
+    slow = biograd.create_rule("activation_relaxation", model, solver="euler", **hp)
+    slow.load_state_dict(fast.state_dict())  # the same random / learned backward weights
+    return fast, slow
+
+
+@pytest.mark.parametrize("kind", ["mlp", "deep", "cnn"])
+@pytest.mark.parametrize("backward,derivative", [("exact", "kept"), ("random", "dropped"),
+                                                 ("learned", "kept")])
+@pytest.mark.parametrize("steps,init", [(1, "forward"), (2, "zeros"), (3, "forward"),
+                                        (100, "forward")])
+def test_ar_closed_form_equals_the_euler_steps(kind, backward, derivative, steps, init) -> None:
+    """The closed form (default) returns the Euler loop's activities, residual energies and
+    updates, for every variant, model kind and number of steps (fewer than the depth too)."""
+    if kind == "cnn":
+        torch.manual_seed(0)
+        model = biograd.models.lenet(1, 4, image_size=8, channels=(3, 4), hidden=6).double()
+        x, y = torch.randn(5, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 1])
+    else:
+        sizes = (9, 8, 7, 6, 5, 4) if kind == "deep" else (9, 8, 6, 4)
+        model = _mlp(sizes, nn.Tanh)
+        x, y = _batch(9, 4)
+    fast, slow = _ar_rules(model, backward=backward, derivative=derivative, steps=steps,
+                           init=init, step_size=0.3)
+    got = fast.relax_activities(x, y)
+    want = slow.relax_activities(x, y)
+    for g, w in zip(got[0], want[0], strict=True):
+        torch.testing.assert_close(g, w, **F64)
+    assert got[3].energies == pytest.approx(want[3].energies, rel=1e-8, abs=1e-14)
+    assert got[3].steps == want[3].steps == steps
+    for rule in (fast, slow):
+        rule.zero_grad(set_to_none=True)
+        rule.step(x, y)
+    for p, q in zip(fast.parameters(), slow.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, **F64)
+
+
+def test_ar_mlp_step_equals_euler_steps_written_out() -> None:
+    """P4 Eq. 5-6 by hand for a tanh MLP: x_l <- x_l + eps (W_{l+1}^T (f'(h_{l+1}) x_{l+1})
+    - x_l) for ``steps`` steps from the forward values, top x_L = dl_i/dz_L held; then
+    dW_l = (f'(h_l) x_l)^T z_{l-1} / B."""
+    model = _mlp((9, 8, 6, 4))
+    x, y = _batch(9, 4)
+    rule = biograd.create_rule("activation_relaxation", model, steps=7, step_size=0.2)
+    rule.zero_grad(set_to_none=True)
+    rule.step(x, y)
+    lins = [m for m in model if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        h1 = lins[0](x)
+        h2 = lins[1](torch.tanh(h1))
+        out = lins[2](torch.tanh(h2))
+        zs = [x, torch.tanh(h1), torch.tanh(h2)]
+        fp = [1 - torch.tanh(h1) ** 2, 1 - torch.tanh(h2) ** 2, torch.ones_like(out)]
+        top = (torch.softmax(out, -1) - nn.functional.one_hot(y, 4).double())
+        acts = [zs[1].clone(), zs[2].clone(), top]
+        for _ in range(7):
+            acts[:2] = [a + 0.2 * ((fp[i + 1] * acts[i + 1]) @ lins[i + 1].weight - a)
+                        for i, a in enumerate(acts[:2])]
+        for i, lin in enumerate(lins):
+            delta = fp[i] * acts[i]
+            torch.testing.assert_close(lin.weight.grad, delta.T @ zs[i] / 7, **F64)
+            torch.testing.assert_close(lin.bias.grad, delta.mean(0), **F64)
+
+
+def test_ar_float32_closed_form_is_within_rounding_of_the_euler_steps() -> None:
+    model = _mlp((30, 24, 16, 10), dtype=torch.float32)
+    x, y = _batch(30, 10, batch=16, dtype=torch.float32)
+    fast, slow = _ar_rules(model)
+    for g, w in zip(fast.relax_activities(x, y)[0], slow.relax_activities(x, y)[0], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6 * float(w.abs().max()))
+
+
+def test_ar_tol_uses_the_euler_steps() -> None:
+    model = _mlp((9, 8, 6, 4))
+    x, y = _batch(9, 4)
+    rule = biograd.create_rule("activation_relaxation", model, steps=500, tol=1e-8)
+    res = rule.relax_activities(x, y)[3]
+    assert res.converged and res.steps < 500
+
+
+def test_ar_solver_is_checked() -> None:
+    with pytest.raises(biograd.ConfigError, match="solver must be one of"):
+        biograd.create_rule("activation_relaxation", _mlp((9, 8, 4)), solver="rk4")

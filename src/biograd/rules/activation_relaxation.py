@@ -12,6 +12,14 @@ variant keeps this ``f'``, as the authors' code does). For blocks
 with convolutions and pooling, ``J^T`` is the block's vector-Jacobian product at the forward
 pass (``torch.func.vjp``). Variants (P4 Sec. 4): see :mod:`biograd.rules._ar_variants`.
 
+Cost (issue 15): the dynamics are linear (Jacobians frozen), so by default
+(``solver="closed_form"``) the ``steps`` Euler steps are computed exactly in closed form,
+``x(T) = x* + sum_k c_k(T) N^k (x(0) - x*)`` (:mod:`biograd.ops.linear_relax`: a few Jacobian
+products instead of ``steps`` of them per layer, the per-step residual energies from a Gram
+matrix); ``solver="euler"`` (and any ``tol``, which stops early) runs the steps one by one. Both
+give the same activities, energies and updates up to float rounding
+(tests/test_iterative_speed_equivalence.py).
+
 Scaling: the activities are per-sample gradients ``dl_i/dz_l`` of the per-sample loss (the
 top is ``batch * dloss/dz_L`` for our batch-mean losses), so their size does not shrink with
 the batch; the update is their batch mean, the gradient of the batch-mean loss.
@@ -32,7 +40,13 @@ from biograd.core.registry import register_rule
 from biograd.core.relax import RelaxResult, relax
 from biograd.core.rule import LearningRule, StepResult
 from biograd.ops.energy import per_sample_output_grad, relaxation_residual
+from biograd.ops.linear_relax import relax_linear_chain
 from biograd.rules._ar_variants import BACKWARDS, DERIVATIVES, Vjp, input_adjoint
+
+#: How the relaxation is computed: the exact result of the ``steps`` Euler steps in closed form
+#: (the dynamics are linear with frozen Jacobians; :func:`relax_linear_chain`), or the Euler
+#: steps one by one (also whenever ``tol`` asks for early stopping).
+SOLVERS = ("closed_form", "euler")
 
 #: Where the relaxing activities start: the feed-forward values (P4) or zeros.
 INITS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -61,6 +75,7 @@ class ActivationRelaxation(LearningRule):
         derivative: str = "kept",
         init: str = "forward",
         tol: float | None = None,
+        solver: str = "closed_form",
     ) -> None:
         super().__init__(model, loss)
         n = self.name
@@ -68,6 +83,7 @@ class ActivationRelaxation(LearningRule):
         self.step_size = checks.positive(n, "step_size", step_size)
         self.init = INITS[checks.choice(n, "init", init, list(INITS))]
         self.tol = None if tol is None else checks.positive(n, "tol", tol)
+        self.solver = checks.choice(n, "solver", solver, list(SOLVERS))
         self.blocks = as_blocks(model, n)
         kind = BACKWARDS[checks.choice(n, "backward", backward, list(BACKWARDS))]
         self.feedback = kind() if kind is BACKWARDS["exact"] else kind(self.blocks, self.generator)
@@ -102,19 +118,24 @@ class ActivationRelaxation(LearningRule):
             for i, b in enumerate(self.blocks)
         ]
         n_free = len(self.blocks) - 1
-
-        def dynamics(states: list[Tensor]) -> tuple[list[Tensor], float]:
-            above = [*states[1:], top]
-            deltas = [
-                relaxation_residual(s, down[i + 1](post[i + 1](a)))  # type: ignore[misc]
-                for i, (s, a) in enumerate(zip(states, above, strict=True))
-            ]
-            energy = sum(0.5 * float(d.pow(2).sum()) for d in deltas) / x.shape[0]
-            return deltas, energy
-
+        # J_{l+1}^T: the message from the activity above to activity l (linear, frozen)
+        maps: list[Vjp] = [
+            lambda a, d=down[i + 1], p=post[i + 1]: d(p(a))  # type: ignore[misc]
+            for i in range(n_free)
+        ]
         start = [self.init(z) for z in trace.outputs[:n_free]]
         steps = self.steps if n_free else 0
-        res = relax(start, dynamics, steps=steps, step_size=self.step_size, tol=self.tol)
+        if self.solver == "closed_form" and self.tol is None:
+            res = relax_linear_chain(start, maps, top, steps=steps, step_size=self.step_size)
+        else:
+            def dynamics(states: list[Tensor]) -> tuple[list[Tensor], float]:
+                above = [*states[1:], top]
+                deltas = [relaxation_residual(s, maps[i](a))
+                          for i, (s, a) in enumerate(zip(states, above, strict=True))]
+                energy = sum(0.5 * float(d.pow(2).sum()) for d in deltas) / x.shape[0]
+                return deltas, energy
+
+            res = relax(start, dynamics, steps=steps, step_size=self.step_size, tol=self.tol)
         return [*res.states, top], exact, trace.inputs, res, out
 
     # ------------------------------------------------------------------ the contract
@@ -127,10 +148,14 @@ class ActivationRelaxation(LearningRule):
             params = {k: p for k, p in b.layer.named_parameters() if p.requires_grad}
             if not params:
                 continue
-            frozen = {k: p.detach() for k, p in params.items()}
             z_in = b.pre(inputs[i]).detach()
-            _, fn = vjp(lambda p, z=z_in, layer=b.layer: functional_call(layer, p, (z,)), frozen)
-            (grads,) = fn(delta)
+            if isinstance(b.layer, nn.Linear):  # dW = delta^T z_in, db = sum_b delta
+                grads = {k: delta.t() @ z_in if k == "weight" else delta.sum(0) for k in params}
+            else:
+                frozen = {k: p.detach() for k, p in params.items()}
+                _, fn = vjp(lambda p, z=z_in, layer=b.layer: functional_call(layer, p, (z,)),
+                            frozen)
+                (grads,) = fn(delta)
             for k, p in params.items():
                 self.accumulate_grad(p, grads[k])
             if "weight" in grads:
