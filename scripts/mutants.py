@@ -47,7 +47,8 @@ def group(file: str, tests: tuple[str, ...],
 
 
 BACKWARD = ["tests/test_backward_rules.py", "tests/test_feedback_ops.py"]
-TP = ["tests/test_target_prop.py", "tests/test_inverse.py", "tests/test_mutation_kills.py"]
+TP = ["tests/test_target_prop.py", "tests/test_inverse.py", "tests/test_mutation_kills.py",
+      "tests/test_iterative_speed_equivalence.py"]
 AR = sel(["tests/test_activation_relaxation.py", "tests/test_iterative_speed_equivalence.py"],
          "activation_relaxation")
 EP = sel(["tests/test_equilibrium_prop.py", "tests/test_iterative_speed_equivalence.py"],
@@ -68,11 +69,11 @@ MUTANTS += group(O + "linear.py", sel(BACKWARD, "feedback_alignment"), [
 ])
 MUTANTS += group(O + "linear.py", sel(BACKWARD, "kolen_pollack"), [
     ("linear feedback: KP's B.grad skipped", "skipped update", CORE,
-     "gfb = gw.t().clone() if (need_fb and need_x) else None",
-     "gfb = torch.zeros_like(gw.t()) if (need_fb and need_x) else None"),
+     "if need_fb and need_x:", "if False:"),
     ("linear feedback: unused B trained anyway", "skipped check", AUX,
-     "gfb = gw.t().clone() if (need_fb and need_x) else None",
-     "gfb = gw.t().clone() if need_fb else None"),
+     "if need_fb and need_x:", "if need_fb and gw is not None:"),
+    ("kolen_pollack: B not decayed", "skipped update", CORE,
+     "gfb = torch.add(gw.t(), feedback, alpha=decay.lam)", "gfb = gw.t().clone()"),
 ])
 MUTANTS += group(O + "linear.py", sel(BACKWARD, "weight_mirror"), [
     ("weight mirror: estimate not transposed", "wrong operand", CORE,
@@ -101,10 +102,8 @@ MUTANTS += group(R + "weight_mirror.py", sel(BACKWARD, "weight_mirror"), [
 ])
 MUTANTS += group(R + "kolen_pollack.py", sel(BACKWARD, "kolen_pollack"), [
     ("kolen_pollack: weight decay sign", "flipped sign", CORE,
-     "p.grad.add_(p, alpha=self.weight_decay)", "p.grad.add_(p, alpha=-self.weight_decay)"),
-    ("kolen_pollack: B not decayed", "skipped update", CORE,
-     "for p in (layer.module.weight, self.feedback.get(layer.key)):",
-     "for p in (layer.module.weight,):"),
+     "return self._decays[layer.key].reset(self.weight_decay)",
+     "return self._decays[layer.key].reset(-self.weight_decay)"),
 ])
 MUTANTS += group(R + "_backward.py", sel(BACKWARD, "kolen_pollack"), [
     ("backward rules: unused-feedback leaf not made", "skipped update", AUX,
@@ -402,6 +401,22 @@ MUTANTS += group(O + "tp_losses.py", sel(TP, "drl"), [
     ("drl loss: reconstruction sign", "flipped sign", CORE,
      "return (_sq(dr_x - dx) + self.lam * _sq(dr_y)).mean() / sigma**2",
      "return (_sq(dr_x + dx) + self.lam * _sq(dr_y)).mean() / sigma**2"),
+])
+# the closed-form feedback gradients the TP rules use for Linear blocks (by default)
+MUTANTS += group(O + "tp_quadratic.py", sel(TP, "ldrl"), [
+    ("dtp closed form: residual sign", "flipped sign", CORE,
+     "r = torch.addmm(g.bias, u, g.weight.t()) - xn.flatten(1)",
+     "r = torch.addmm(g.bias, u, g.weight.t()) + xn.flatten(1)"),
+    ("drl closed form: damping term sign", "flipped sign", CORE,
+     ".addmm_(dr_y.t(), du_y, alpha=loss.lam)", ".addmm_(dr_y.t(), du_y, alpha=-loss.lam)"),
+    ("drl closed form: 1/sigma^2 dropped", "dropped factor", AUX,
+     "k = 2.0 / (x.shape[0] * sigma**2)", "k = 2.0 / x.shape[0]"),
+    ("drl closed form: reconstruction sign", "flipped sign", CORE,
+     "e = dr_x - dx.flatten(1)", "e = dr_x + dx.flatten(1)"),
+    ("ldrl closed form: cross term sign", "flipped sign", CORE,
+     ".addmm_(dxf.t(), du_x, alpha=-1.0)", ".addmm_(dxf.t(), du_x, alpha=1.0)"),
+    ("ldrl closed form: guard curvature ignored", "skipped check", AUX,
+     "return k * float(_sum_sq(torch.mm(du_y, d[0].t())))", "return 0.0"),
 ])
 MUTANTS += group(O + "tp_losses.py", sel(TP, "dtp"), [
     ("dtp loss: no noise", "skipped update", CORE,

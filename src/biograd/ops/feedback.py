@@ -156,6 +156,54 @@ class _ZeroInput:
 ZERO_INPUT: Any = _ZeroInput()
 
 
+class LayerDecay:
+    """Weight decay ``lam`` that one layer call's feedback op adds in its backward: ``lam W`` to
+    the weight gradient and ``lam B`` to the feedback gradient (Kolen-Pollack's decay, P3), in
+    the same pass that produces them (no extra pass over ``.grad`` after the backward). The
+    flags say which of the two it added; the rule adds the rest itself (a layer whose call ran
+    the module's own forward, or whose output reached no loss)."""
+
+    __slots__ = ("feedback_done", "lam", "weight_done")
+
+    def __init__(self, lam: float = 0.0) -> None:
+        self.lam = lam
+        self.weight_done = False
+        self.feedback_done = False
+
+    def reset(self, lam: float) -> LayerDecay:
+        """This step's decay, nothing added yet."""
+        self.lam, self.weight_done, self.feedback_done = lam, False, False
+        return self
+
+
+def fast_apply(function: type[torch.autograd.Function]) -> Callable[..., Any]:
+    """``function.apply`` without ``torch.autograd.Function.apply``'s Python wrapper (which
+    binds default arguments when ``setup_context`` is defined, checks for functorch transforms
+    and unwraps tensors left over from finished ones, about 2 us per call): the C++ ``apply``
+    itself, or the full ``apply`` while a ``torch.func`` transform is active. For Functions
+    called with every argument given and no ``setup_context``."""
+    raw = torch._C._FunctionBase.__dict__.get("apply")  # type: ignore[attr-defined]
+    if raw is None or not hasattr(torch._C, "_are_functorch_transforms_active"):
+        return function.apply
+    c_apply = raw.__get__(None, function)
+    full, active = function.apply, torch._C._are_functorch_transforms_active
+
+    def apply(*args: Any) -> Any:
+        return full(*args) if active() else c_apply(*args)
+
+    return apply
+
+
+def modified_in_place(what: str) -> RuntimeError:
+    """The error of a feedback op whose saved tensor changed between forward and backward (what
+    autograd raises for its own saved tensors)."""
+    return RuntimeError(
+        f"one of the variables needed for gradient computation has been modified by an inplace "
+        f"operation: the {what} of a biograd feedback op changed between the forward and the "
+        f"backward pass; do not modify a layer's input or feedback in place before backward"
+    )
+
+
 class FeedbackFunction(torch.autograd.Function):
     """Forward: the layer's ordinary op. Backward: BP's weight/bias gradients, the input gradient
     through ``scale * feedback`` (or ``direct``'s ``B e_L``), and, when ``feedback`` requires
@@ -173,8 +221,10 @@ class FeedbackFunction(torch.autograd.Function):
         op: LayerOp,
         direct: DirectSignal | None,
         scale: float = 1.0,
+        decay: LayerDecay | None = None,
     ) -> Tensor:
         ctx.op, ctx.direct, ctx.has_bias, ctx.scale = op, direct, bias is not None, scale
+        ctx.decay = decay
         ctx.save_for_backward(x, weight, feedback)
         return op.forward(x, weight, bias)
 
@@ -192,7 +242,18 @@ class FeedbackFunction(torch.autograd.Function):
             _, gw, gb = ctx.op.backward(grad_out, x, weight, False, need_b)
             gx = direct.input_grad(feedback, x.shape) if need_x else None
         gfb = ctx.op.feedback_grad(gw) if (need_fb and need_x) else None  # B unused otherwise
-        return gx, (gw if need_w else None), gb, gfb, None, None, None
+        decay: LayerDecay | None = ctx.decay
+        if decay is not None:
+            if gfb is not None:
+                gfb.add_(feedback, alpha=decay.lam)
+                decay.feedback_done = True
+            if need_w:
+                gw = gw.add(weight, alpha=decay.lam)  # not in place: a handler's op made gw
+                decay.weight_done = True
+        return gx, (gw if need_w else None), gb, gfb, None, None, None, None
+
+
+_apply_generic = fast_apply(FeedbackFunction)
 
 
 class FeedbackHandler(abc.ABC):
@@ -250,14 +311,16 @@ class FeedbackHandler(abc.ABC):
         feedback: Tensor,
         direct: DirectSignal | None = None,
         scale: float = 1.0,
+        decay: LayerDecay | None = None,
     ) -> Tensor:
-        """``module(x)`` whose backward sends the error through ``scale * feedback``."""
+        """``module(x)`` whose backward sends the error through ``scale * feedback`` (and adds
+        ``decay``'s terms to the weight and feedback gradients)."""
         xp = self.prepare_input(module, x)
         if direct is not None and (direct.cut_inputs or xp is not x):
             direct.inject(x, feedback)  # B e_L enters at the layer's own input (before padding)
             direct = ZERO_INPUT
         weight, bias = module.weight, module.bias  # type: ignore[union-attr]
-        return FeedbackFunction.apply(xp, weight, bias, feedback, self.op(module), direct, scale)
+        return _apply_generic(xp, weight, bias, feedback, self.op(module), direct, scale, decay)
 
     def bind(
         self,

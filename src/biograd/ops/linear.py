@@ -15,7 +15,10 @@ from biograd.ops.feedback import (
     ZERO_INPUT,
     DirectSignal,
     FeedbackHandler,
+    LayerDecay,
     LayerOp,
+    fast_apply,
+    modified_in_place,
     register_feedback_handler,
     uniform,
 )
@@ -47,7 +50,14 @@ _LINEAR_OP = LinearOp()
 class LinearFeedbackFunction(torch.autograd.Function):
     """Fast path of :class:`~biograd.ops.feedback.FeedbackFunction` for 2-D inputs (every rule
     on MLPs): the same maths with less Python per call, which matters at MLP sizes where a
-    layer's matmuls take tens of microseconds."""
+    layer's matmuls take tens of microseconds.
+
+    Called through :func:`~biograd.ops.feedback.fast_apply` (the C++ ``apply``). The input and
+    the feedback are kept on ``ctx`` rather than through ``save_for_backward`` (cheaper to
+    store and to read back); their version counters are checked in the backward, so modifying
+    either in place before the backward is an error, as it is for autograd's saved tensors.
+    The weight is read only for ``decay`` (whose ``lam W`` term uses the weight's value at
+    the backward, as the rule's own decay after the backward did)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -58,14 +68,17 @@ class LinearFeedbackFunction(torch.autograd.Function):
         feedback: Tensor,
         scale: float,
         direct: DirectSignal | None,
+        decay: LayerDecay | None,
     ) -> Tensor:
-        ctx.scale, ctx.direct = scale, direct
-        ctx.save_for_backward(x, feedback)
+        ctx.x, ctx.fb, ctx.w, ctx.versions = x, feedback, weight, (x._version, feedback._version)
+        ctx.scale, ctx.direct, ctx.decay = scale, direct, decay
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, feedback = ctx.saved_tensors
+        x, feedback = ctx.x, ctx.fb
+        if (x._version, feedback._version) != ctx.versions:
+            raise modified_in_place("input or feedback")
         need_x, need_w, need_b, need_fb = ctx.needs_input_grad[:4]
         gx = None
         if need_x:
@@ -78,12 +91,23 @@ class LinearFeedbackFunction(torch.autograd.Function):
         gw = grad_out.t().mm(x) if (need_w or (need_fb and need_x)) else None
         gb = grad_out.sum(0) if need_b else None
         # B carries no error when x needs no gradient: then it gets no update (see
-        # BackwardReplacementRule's "unused feedback")
-        gfb = gw.t().clone() if (need_fb and need_x) else None  # type: ignore[union-attr]
-        return gx, (gw if need_w else None), gb, gfb, None, None
+        # BackwardReplacementRule's "unused feedback"). B.grad is a fresh tensor laid out like
+        # B (LinearHandler.init_feedback), never a view of W.grad.
+        gfb = None
+        decay: LayerDecay | None = ctx.decay
+        if need_fb and need_x:
+            if decay is None:
+                gfb = gw.t().clone()  # type: ignore[union-attr]
+            else:  # W.grad^T + lam B in the one pass that copies it
+                gfb = torch.add(gw.t(), feedback, alpha=decay.lam)  # type: ignore[union-attr]
+                decay.feedback_done = True
+        if decay is not None and need_w:
+            gw.add_(ctx.w, alpha=decay.lam)  # type: ignore[union-attr]
+            decay.weight_done = True
+        return gx, (gw if need_w else None), gb, gfb, None, None, None
 
 
-_apply = LinearFeedbackFunction.apply
+_apply = fast_apply(LinearFeedbackFunction)
 
 
 class LinearHandler(FeedbackHandler):
@@ -99,14 +123,15 @@ class LinearHandler(FeedbackHandler):
         feedback: Tensor,
         direct: DirectSignal | None = None,
         scale: float = 1.0,
+        decay: LayerDecay | None = None,
     ) -> Tensor:
         if x.dim() == 2:  # the fast path, called directly
             if direct is not None and direct.cut_inputs:  # pure DFA: B e_L at a cut point
                 direct.inject(x, feedback)
                 direct = ZERO_INPUT
             weight, bias = module.weight, module.bias  # type: ignore[union-attr]
-            return _apply(x, weight, bias, feedback, scale, direct)  # type: ignore[arg-type]
-        return super().forward(module, x, feedback, direct, scale)
+            return _apply(x, weight, bias, feedback, scale, direct, decay)  # type: ignore[no-any-return]
+        return super().forward(module, x, feedback, direct, scale, decay)
 
     def transposed_weight(self, module: nn.Module) -> Tensor:
         return module.weight.t()  # type: ignore[union-attr,operator]

@@ -39,7 +39,7 @@ from biograd.ops.convert import (
     feedback_layers,
     swapped_forwards,
 )
-from biograd.ops.feedback import DirectSignal
+from biograd.ops.feedback import DirectSignal, LayerDecay
 
 
 class FeedbackBank(nn.Module):
@@ -131,6 +131,12 @@ class BackwardReplacementRule(LearningRule):
         """DFA's output-error broadcast; ``None`` for layer-to-layer feedback."""
         return None
 
+    def layer_decay(self, layer: FeedbackLayer) -> LayerDecay | None:
+        """The decay ``layer``'s feedback op adds to its weight and feedback gradients this step
+        (Kolen-Pollack's), given to the layer's first call of the step whose input needs a
+        gradient; ``None`` (the default): none."""
+        return None
+
     def prepare(self, x: Tensor) -> None:
         """Called before the forward pass (e.g. lazy initialisation)."""
 
@@ -155,7 +161,7 @@ class BackwardReplacementRule(LearningRule):
     def _layer_forward(self, layer: FeedbackLayer) -> Callable[[Tensor], Tensor]:
         """``layer``'s forward during a step: the handler's op whose backward sends the error
         through :meth:`scaled_feedback` (fetched once per step, at the first call that needs
-        it), recording which layers' feedback is used.
+        it, with :meth:`layer_decay`), recording which layers' feedback is used.
 
         A call whose input needs no gradient sends no error through ``B``, and its weight and
         bias gradients are backprop's: it runs the module's own forward, unless unused
@@ -163,11 +169,14 @@ class BackwardReplacementRule(LearningRule):
         is discarded), so that trainable feedback gets its update.
 
         Built once per layer and kept across steps (per-step values are read from
-        :class:`StepState`): a fresh closure per step costs more than its body."""
+        :class:`StepState`): a fresh closure per step costs more than its body. The
+        :meth:`check_layer_input` hook is called only when a subclass defines one."""
         rule, state, in_use = self, self._state, self._in_use
         module, handler, key = layer.module, layer.handler, layer.key
         native = type(module).forward  # the class's forward (the instance's is swapped)
+        op = handler.forward
         memo: list[Any] = [0, None, 1.0]  # the step it was fetched at, feedback, scale
+        check = type(self).check_layer_input is not BackwardReplacementRule.check_layer_input
 
         def fwd(x: Tensor) -> Tensor:
             if x.requires_grad:
@@ -176,14 +185,17 @@ class BackwardReplacementRule(LearningRule):
                 x = x.detach().requires_grad_()
             else:
                 return native(module, x)
+            decay = None
             if memo[0] != state.step:
                 memo[1], memo[2] = rule.scaled_feedback(layer)
                 memo[0] = state.step
-            rule.check_layer_input(layer, x)
+                decay = rule.layer_decay(layer)  # the step's first call only
+            if check:
+                rule.check_layer_input(layer, x)
             direct = state.direct
             if direct is not None and key in direct.uncut_keys:
                 direct = direct.uncut  # pure DFA where no cut is needed (see DirectSignal)
-            return handler.forward(module, x, memo[1], direct, memo[2])
+            return op(module, x, memo[1], direct, memo[2], decay)
 
         return fwd
 
@@ -196,6 +208,7 @@ class BackwardReplacementRule(LearningRule):
         # the layers' forwards close over this rule: a copy (deepcopy, pickle) builds its own
         state = self.__dict__.copy()
         state["_forwards"] = None
+        state.pop("_swap", None)
         return state
 
     def step(self, x: Tensor, y: Tensor) -> StepResult:
@@ -207,14 +220,15 @@ class BackwardReplacementRule(LearningRule):
         state.direct = direct = self.direct_signal()
         if self._forwards is None:
             self._forwards = [self._layer_forward(layer) for layer in self.layers]
+            self._swap = [(layer.module.__dict__, fwd) for layer, fwd in
+                          zip(self.layers, self._forwards, strict=True)]
         if self._paths_pending:
             with swapped_forwards(self.layers, self._forwards), \
                     StepRecord(self.model, self.layers) as record:
                 out = self.model(x)
         else:
             record = None
-            with swapped_forwards(self.layers, self._forwards):
-                out = self.model(x)
+            out = self._swapped_forward(x)
         self.check_labels(out, y)
         loss = self.loss_fn(out, y)
         if record is not None:
@@ -226,6 +240,22 @@ class BackwardReplacementRule(LearningRule):
         loss.backward()
         self.after_backward()
         return StepResult(float(loss.detach()), out.detach())
+
+    def _swapped_forward(self, x: Tensor) -> Tensor:
+        """``self.model(x)`` with the layers' forwards swapped in: :func:`swapped_forwards`
+        inlined (a module already holding an instance ``forward`` gets it back)."""
+        swap = self._swap
+        saved = [d.get("forward") for d, _ in swap]
+        try:
+            for d, fwd in swap:
+                d["forward"] = fwd
+            return self.model(x)  # type: ignore[no-any-return]
+        finally:
+            for (d, _), old in zip(swap, saved, strict=True):
+                if old is None:
+                    d.pop("forward", None)
+                else:
+                    d["forward"] = old
 
     def feedback_weight_pairs(self) -> dict[str, tuple[Tensor, Tensor]]:
         """``{layer path: (B, W^T)}`` (``W`` itself for conv kernels, the shape ``B`` has) of

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 from torch import Tensor, nn
 
 from biograd.core.checks import flag, positive
 from biograd.core.losses import LossFn
 from biograd.core.registry import register_rule
 from biograd.ops.convert import FeedbackLayer
+from biograd.ops.feedback import LayerDecay
 from biograd.rules._backward import BackwardReplacementRule
 
 #: P3's weight decay (Akrout et al. 2019, ImageNet ResNets: 1e-4 on every weight and on B).
@@ -75,6 +75,7 @@ class KolenPollack(BackwardReplacementRule):
             )
         self.train_unused_feedback = flag(self.name, "train_unused_feedback", train_unused_feedback)
         self.init_random_feedback(as_parameter=True)
+        self._decays = {layer.key: LayerDecay() for layer in self.layers}
 
     def rule_decayed_parameters(self) -> list[nn.Parameter]:
         """W and B of every converted layer when ``weight_decay > 0`` (the rule decays them)."""
@@ -88,13 +89,34 @@ class KolenPollack(BackwardReplacementRule):
     def layer_feedback(self, layer: FeedbackLayer) -> Tensor:
         return self.feedback.get(layer.key)
 
-    def after_backward(self) -> None:
-        if self.weight_decay != 0:  # (checked first: no no_grad context when there is no decay)
-            self._add_decay()
+    def layer_decay(self, layer: FeedbackLayer) -> LayerDecay | None:
+        """The decay the layer's feedback op adds in its backward (``lam W`` to W.grad and
+        ``lam B`` to B.grad in the passes that write them, see ``LinearFeedbackFunction``)."""
+        if self.weight_decay == 0:
+            return None
+        return self._decays[layer.key].reset(self.weight_decay)
 
-    @torch.no_grad()
-    def _add_decay(self) -> None:
+    def after_backward(self) -> None:
+        """The decay of every W and B that has a gradient and whose op did not add it (a layer
+        whose calls ran the module's own forward, the data layer; an op whose output reached no
+        loss): ``p.grad += lam p``. Each op that did is reset for the next step."""
+        if self.weight_decay == 0:
+            return
+        bank = self.feedback
         for layer in self.layers:
-            for p in (layer.module.weight, self.feedback.get(layer.key)):
-                if p.grad is not None:
-                    p.grad.add_(p, alpha=self.weight_decay)
+            decay = self._decays[layer.key]
+            lam = decay.lam = self.weight_decay
+            if decay.weight_done:
+                decay.weight_done = False
+            else:
+                _add_decay(layer.module.weight, lam)  # type: ignore[arg-type]
+            if decay.feedback_done:
+                decay.feedback_done = False
+            else:
+                _add_decay(bank.get(layer.key), lam)
+
+
+def _add_decay(p: Tensor, lam: float) -> None:
+    """``p.grad += lam p`` when ``p`` has a gradient."""
+    if p.grad is not None:
+        p.grad.add_(p.detach(), alpha=lam)
