@@ -230,10 +230,12 @@ def _claims(exact: dict, cost: dict) -> tuple[list[Claim], str]:
               "held" if len(cheap) == len(ratio) else
               ("partly held" if 2 * len(near) >= len(ratio) else "did not hold"),
               "Z-IL fast path / BP time: " + listed(ratio, ".2f")
-              + " (held: all <= 1.1; partly: at least half <= 1.5). The fast path runs the "
-              "error wave through a captured torch.fx graph in Python, one level per step, "
-              "while BP runs autograd's fused C++ backward; the overhead per vertex dominates on "
-              "small CPU models. The full dynamics, the evidence for exactness, evaluate every "
+              + " (held: all <= 1.1; partly: at least half <= 1.5). The fast path is compiled "
+              "per graph: a generated feed-forward sweep, then one autograd call for the output "
+              "error and one per group of up to 8 inference steps; what it adds to BP is that "
+              "call per group and the cut value nodes, most on the 28-step RNN and LSTM "
+              "(docs/algorithms/pc_zil.md, Cost). The full dynamics, the evidence for "
+              "exactness, evaluate every "
               "vertex at each of the depth steps: " + listed(full, ".0f") + " x BP."),
         Claim("Standard inference learning is far slower than backprop (P5: ~100-200x).",
               "held" if all(v >= 10 for v in il.values()) else "partly held",
