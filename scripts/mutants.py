@@ -375,7 +375,8 @@ MUTANTS += group(R + "_target_prop.py", sel(TP, "ldrl"), [
     ("target prop: feedback never trained", "skipped update", CORE,
      "                opt.step()\n", "                pass\n"),
     ("target prop: the first layer's sigma everywhere", "wrong operand", AUX,
-     "self.sigma[l - 1], self.generator", "self.sigma[0], self.generator"),
+     "sigma, steps = self.sigma[l - 1], self.feedback_steps[l - 1]",
+     "sigma, steps = self.sigma[0], self.feedback_steps[l - 1]"),
 ])
 MUTANTS += group(O + "tp_losses.py", sel(TP, "ldrl"), [
     ("ldrl loss: lambda term sign", "flipped sign", CORE,

@@ -345,3 +345,111 @@ def test_ar_tol_uses_the_euler_steps() -> None:
 def test_ar_solver_is_checked() -> None:
     with pytest.raises(biograd.ConfigError, match="solver must be one of"):
         biograd.create_rule("activation_relaxation", _mlp((9, 8, 4)), solver="rk4")
+
+
+# ---------------------------------------------------------------------- target propagation
+def _tp_pair(name, model, **hp):
+    import copy
+
+    other = copy.deepcopy(model)
+    torch.manual_seed(3)
+    fast = biograd.create_rule(name, model, **hp)
+    torch.manual_seed(3)
+    slow = biograd.create_rule(name, other, **hp)
+    slow.closed_form_feedback = False  # autograd on the loss: the reference
+    return fast, slow
+
+
+@pytest.mark.parametrize("name,hp", [
+    ("dtp", {}), ("dtp", {"feedback_guard": 0.0, "feedback_steps": 2}),
+    ("dtp_sigma", {}), ("drl", {}), ("drl", {"damping": 0.3, "feedback_activation": "matched"}),
+    ("ldrl", {}), ("ldrl", {"feedback_lr": 0.5, "feedback_steps": [3, 2]}),
+])
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_tp_closed_form_feedback_equals_autograd(name, hp, kind) -> None:
+    """Three training steps with closed-form feedback gradients against autograd's: the same
+    noise, feedback weights, guard scales, losses and forward updates up to float rounding.
+    The CNN mixes both: its Linear feedback blocks use the closed form, the others autograd."""
+    if kind == "cnn":
+        torch.manual_seed(0)
+        model = biograd.models.lenet(1, 4, image_size=8, channels=(3, 4), hidden=6).double()
+        x, y = torch.randn(5, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 1])
+        if isinstance(hp.get("feedback_steps"), list):
+            hp = {**hp, "feedback_steps": [3, 2, 2]}
+    else:
+        model = _mlp((9, 8, 6, 4))
+        x, y = _batch(9, 4)
+    fast, slow = _tp_pair(name, model, **hp)
+    for _ in range(3):
+        metrics = []
+        for rule in (fast, slow):
+            rule.zero_grad(set_to_none=True)
+            metrics.append(rule.step(x, y).metrics)
+        assert metrics[0].keys() == metrics[1].keys()
+        for key in metrics[0]:
+            assert metrics[0][key] == pytest.approx(metrics[1][key], rel=1e-9, abs=1e-12), key
+        for p, q in zip(fast.forward_parameters(), slow.forward_parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, **F64)
+        for p, q in zip(fast.feedback.parameters(), slow.feedback.parameters(), strict=True):
+            torch.testing.assert_close(p, q, **F64)
+        with torch.no_grad():  # move the forward weights, as training does
+            for p in fast.forward_parameters() + slow.forward_parameters():
+                p.sub_(0.05 * p.grad)
+
+
+@pytest.mark.parametrize("loss_name", ["dtp", "drl", "ldrl"])
+@pytest.mark.parametrize("flatten", [False, True])
+def test_quadratic_step_is_autograd_of_the_loss(loss_name, flatten) -> None:
+    """The closed-form gradient, value and curvature d^T H d of each feedback loss against
+    autograd (gradient, and the Hessian-vector product by double backward), on one block
+    whose feedback reshapes to an image (the first Linear after a flatten) or not."""
+    from biograd.core.blocks import as_blocks
+    from biograd.ops.inverse import block_forward, make_feedback
+    from biograd.ops.tp_losses import (
+        DifferenceReconstructionLoss,
+        LocalDifferenceReconstructionLoss,
+        ReconstructionLoss,
+    )
+    from biograd.ops.tp_quadratic import quadratic_step
+
+    torch.manual_seed(0)
+    if flatten:
+        model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(18, 5),
+                              nn.Tanh(), nn.Linear(5, 3)).double()
+        x0 = torch.randn(6, 1, 5, 5, dtype=torch.float64)
+    else:
+        model = _mlp((7, 6, 5, 3))
+        x0 = torch.randn(6, 7, dtype=torch.float64)
+    blocks = as_blocks(model)
+    x = blocks[0](x0).detach()
+    y, ctx = block_forward(blocks[1], x)
+    y = y.detach()
+    g = make_feedback(blocks[1], torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        g.bias.normal_()
+    loss = {"dtp": ReconstructionLoss(), "drl": DifferenceReconstructionLoss(0.4),
+            "ldrl": LocalDifferenceReconstructionLoss()}[loss_name]
+
+    def f(t):
+        return block_forward(blocks[1], t)[0]
+
+    q = quadratic_step(loss, f, g, x, y, ctx, 0.3, torch.Generator().manual_seed(2))
+    params = list(g.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    value = loss(f, g, x, y, ctx, 0.3, torch.Generator().manual_seed(2))
+    grads = torch.autograd.grad(value, params, allow_unused=True, create_graph=True)
+    torch.testing.assert_close(q.value(), value.detach(), **F64)
+    for got, want in zip(q.grads, grads, strict=True):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want.detach(), **F64)
+    direction = [torch.randn_like(p) if w is not None else None for p, w in zip(params, grads,
+                                                                                 strict=True)]
+    used = [(w, d) for w, d in zip(grads, direction, strict=True) if w is not None]
+    hv = torch.autograd.grad([w for w, _ in used], [p for p, w in zip(params, grads, strict=True)
+                                                    if w is not None],
+                             grad_outputs=[d for _, d in used])
+    dhd = sum(float((d * h).sum()) for (_, d), h in zip(used, hv, strict=True))
+    assert q.curvature(direction) == pytest.approx(dhd, rel=1e-9)

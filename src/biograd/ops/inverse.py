@@ -141,7 +141,11 @@ class FeedbackBlock(nn.Module):
     def difference(self, u: Tensor, u_ref: Tensor, ctx: BlockContext) -> Tensor:
         """``g(y) - g(y_ref)`` from ``u = pre(y)``, ``u_ref = pre(y_ref)``: ``V (u - u_ref)``,
         one linear map of the difference (the bias cancels exactly)."""
-        return self._shape(self.transpose_layer(u - u_ref, ctx, None), ctx)
+        return self.linear_part(u - u_ref, ctx)
+
+    def linear_part(self, du: Tensor, ctx: BlockContext) -> Tensor:
+        """``V du`` (no bias), reshaped to the block's input shape."""
+        return self._shape(self.transpose_layer(du, ctx, None), ctx)
 
 
 class LinearFeedback(FeedbackBlock):

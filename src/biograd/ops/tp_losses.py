@@ -38,21 +38,33 @@ def _sq(t: Tensor) -> Tensor:
     return t.pow(2).flatten(1).sum(1)
 
 
+def noisy_differences(
+    f: Forward, g: FeedbackBlock, x: Tensor, y: Tensor, ctx: BlockContext, sigma: float,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor]:
+    """``(dx, du)``: the noise ``dx`` (then ``dy``, drawn in this order) and the stacked
+    differences ``du = [pre(f(x+dx)) - pre(y); pre(y+dy) - pre(y)]`` that ``V`` maps to
+    ``[dr_x; dr_y]``. The parameter-free ``pre`` runs once on the three stacked inputs (reusing
+    the forward indices), without autograd."""
+    dx = gaussian_like(x, sigma, generator)
+    dy = gaussian_like(y, sigma, generator)
+    with torch.no_grad():
+        u_x, u_dy, u = g.pre(torch.cat([f(x + dx), y + dy, y]), ctx.repeat(3)).chunk(3)
+        du = torch.cat([u_x, u_dy]) - torch.cat([u, u])
+    return dx, du
+
+
 def _differences(
     f: Forward, g: FeedbackBlock, x: Tensor, y: Tensor, ctx: BlockContext, sigma: float,
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(dx, dr_x, dr_y)``: dr_x = g(f(x+dx)) - g(y), dr_y = g(y+dy) - g(y).
 
-    ``g = V pre(.) + c``: the parameter-free ``pre`` runs once on the three stacked inputs
-    (reusing the forward indices) outside autograd, and ``V`` is applied once to the two stacked
-    differences, so the bias cancels exactly (its gradient is zero) and only 2B rows go through
-    the trained map instead of 3B."""
-    dx = gaussian_like(x, sigma, generator)
-    dy = gaussian_like(y, sigma, generator)
-    with torch.no_grad():
-        u_x, u_dy, u = g.pre(torch.cat([f(x + dx), y + dy, y]), ctx.repeat(3)).chunk(3)
-    dr = g.difference(torch.cat([u_x, u_dy]), torch.cat([u, u]), ctx.repeat(2))
+    ``g = V pre(.) + c``: ``V`` is applied once to the two stacked differences
+    (:func:`noisy_differences`), so the bias cancels exactly (its gradient is zero) and only 2B
+    rows go through the trained map instead of 3B."""
+    dx, du = noisy_differences(f, g, x, y, ctx, sigma, generator)
+    dr = g.linear_part(du, ctx.repeat(2))
     dr_x, dr_y = dr.chunk(2)
     return dx, dr_x, dr_y
 
@@ -121,7 +133,13 @@ def guard_scale(grads: tuple[Tensor | None, ...], params: list[nn.Parameter], lr
     hv = torch.autograd.grad(gs, [p for p, _ in pairs], grad_outputs=[g.detach() for g in gs],
                              allow_unused=True)
     ghg = sum(float((g.detach() * h).sum()) for g, h in zip(gs, hv, strict=True) if h is not None)
-    gg = sum(float(g.detach().pow(2).sum()) for g in gs)
+    return guard_factor([g.detach() for g in gs], ghg, lr, kappa)
+
+
+def guard_factor(grads: list[Tensor | None], ghg: float, lr: float, kappa: float) -> float:
+    """:func:`guard_scale` from the gradient and its curvature ``ghg = G^T H G`` (for losses
+    whose ``H G`` is known in closed form: :mod:`biograd.ops.tp_quadratic`)."""
+    gg = sum(float(g.pow(2).sum()) for g in grads if g is not None)
     if gg == 0.0 or ghg <= 0.0:
         return 1.0
     return min(1.0, kappa * gg / (lr * ghg))

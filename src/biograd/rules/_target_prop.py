@@ -47,8 +47,10 @@ from biograd.ops.tp_losses import (
     FeedbackLoss,
     TopNudge,
     gradient_top_nudge,
+    guard_factor,
     guard_scale,
 )
+from biograd.ops.tp_quadratic import quadratic_step
 
 #: beta used by :meth:`TargetPropagationRule.alignment_probe` (update-vs-backprop angle, P2).
 PROBE_BETA = 1e-3
@@ -126,6 +128,10 @@ class TargetPropagationRule(LearningRule):
         checks.choice(self.name, "feedback_activation", feedback_activation,
                       tuple(FEEDBACK_ACTIVATIONS))
         self.feedback_momentum = m
+        #: feedback gradients in closed form where there is one (Linear feedback blocks,
+        #: :mod:`biograd.ops.tp_quadratic`); False: autograd on the loss (the same step up to
+        #: float rounding, the same noise)
+        self.closed_form_feedback = True
         self.feedback = self.build_feedback(feedback_activation)
         self._optims = self.build_optimizers()
         names = {id(mod): name for name, mod in model.named_modules()}
@@ -170,21 +176,31 @@ class TargetPropagationRule(LearningRule):
 
             params = list(fb.parameters())
             lr, scale = self.feedback_lr[l - 1], 1.0
-            for k in range(self.feedback_steps[l - 1]):
+            sigma, steps = self.sigma[l - 1], self.feedback_steps[l - 1]
+            for k in range(steps):
                 guard = k == 0 and self.feedback_guard > 0  # the batch's curvature, once
-                with _trainable(params):
-                    value = self.feedback_loss(f, fb, x, y, ctx, self.sigma[l - 1], self.generator)
-                    # allow_unused: difference losses do not depend on the bias (it cancels)
-                    grads = torch.autograd.grad(value, params, allow_unused=True,
-                                                create_graph=guard)
+                q = quadratic_step(self.feedback_loss, f, fb, x, y, ctx, sigma, self.generator
+                                   ) if self.closed_form_feedback else None
+                if q is not None:  # closed form (Linear blocks), no autograd
+                    grads = q.grads
                     if guard:
-                        scale = guard_scale(grads, params, lr, self.feedback_guard)
+                        scale = guard_factor(grads, q.curvature(grads), lr, self.feedback_guard)
+                    value = q.value() if k == steps - 1 else None
+                else:
+                    with _trainable(params):
+                        value = self.feedback_loss(f, fb, x, y, ctx, sigma, self.generator)
+                        # allow_unused: difference losses do not depend on the bias (it cancels)
+                        grads = torch.autograd.grad(value, params, allow_unused=True,
+                                                    create_graph=guard)
+                        if guard:
+                            scale = guard_scale(grads, params, lr, self.feedback_guard)
                 for p, g in zip(params, grads, strict=True):
                     p.grad = None if g is None else g.detach() * scale  # None: p is unchanged
                 opt.step()
                 for p in params:
                     p.grad = None
             name = self.layer_names[l]
+            assert value is not None
             losses[f"feedback_loss/{name}"] = float(value.detach())
             if self.feedback_guard > 0:
                 losses[f"feedback_step_scale/{name}"] = scale
