@@ -533,6 +533,21 @@ MUTANTS += group(R + "zil.py", GRAPH, [
      CORE, "            inf.write_updates(levels[t], s, rule.accumulate_grad)",
      "            inf.write_updates(levels[max(t - 1, 0)], s, rule.accumulate_grad)"),
 ])
+# Z-IL's fast path: the event-driven schedule compiled per graph (graph/plan.py)
+MUTANTS += group("src/biograd/graph/plan.py", GRAPH, [
+    ("Z-IL fast path: output error sign", "flipped sign", CORE,
+     "        (e_out,) = _vjp((loss,), (torch.ones_like(loss),), (out,))",
+     "        (e_out,) = _vjp((loss,), (-torch.ones_like(loss),), (out,))"),
+    ("Z-IL fast path: a tied weight keeps only its last level's update", "skipped update", CORE,
+     "                        u[1].add_(d)", "                        u[1].copy_(d)"),
+    ("Z-IL fast path: errors of a group not carried to the next", "skipped update", CORE,
+     "                    err[i] = e", "                    pass"),
+    ("Z-IL fast path: an aliased update taken without a copy", "stale state", AUX,
+     "                        updates[id(p)] = [p, d, shared[_storage(d)] == 1]",
+     "                        updates[id(p)] = [p, d, True]"),
+    ("Z-IL fast path: group boundary not at the narrowest level", "wrong operand", AUX,
+     "key=lambda t: (sizes[t], -t)))", "key=lambda t: (-sizes[t], -t)))"),
+])
 
 # ---------------------------------------------------------------------- left out
 # Equivalent mutants, not counted (they cannot change behaviour on any input the rules accept):
@@ -542,6 +557,5 @@ MUTANTS += group(R + "zil.py", GRAPH, [
 #   tensor by construction (forward_trace feeds each block the detached previous output).
 # - rules/activation_relaxation.py INITS "forward" -> zeros: the same fixed point (the tests
 #   relax from both starts), only the path to it differs.
-# Pending areas (being rewritten now; add one group() each when they settle): graph/* and
-# rules/zil.py beyond the one mutant above, ops/convert.py,
+# Pending areas (add one group() each): ops/convert.py,
 # and more of rules/_backward.py.
