@@ -453,3 +453,25 @@ def test_quadratic_step_is_autograd_of_the_loss(loss_name, flatten) -> None:
                              grad_outputs=[d for _, d in used])
     dhd = sum(float((d * h).sum()) for (_, d), h in zip(used, hv, strict=True))
     assert q.curvature(direction) == pytest.approx(dhd, rel=1e-9)
+
+
+def test_eqprop_copies_and_pickles_of_a_trained_rule_step_alike() -> None:
+    """The in-place loop's workspace (buffers and calls bound to them) is not shared by deep
+    copies (update_alignment's probe) or pickles: each relaxes on its own buffers."""
+    import copy
+    import io
+
+    model = _mlp((9, 8, 6, 4))
+    x, y = _batch(9, 4)
+    rule = biograd.create_rule("equilibrium_prop", model, free_steps=8, nudged_steps=3)
+    rule.step(x, y)
+    twin = copy.deepcopy(rule)
+    buf = io.BytesIO()
+    torch.save(rule, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    x2, _ = _batch(9, 4, seed=9)
+    outs = [r.step(x2, y).output.clone() for r in (rule, twin, loaded)]
+    assert [r._workspace is rule._workspace for r in (twin, loaded)] == [False, False]
+    for other in outs[1:]:
+        torch.testing.assert_close(other, outs[0], rtol=0, atol=0)

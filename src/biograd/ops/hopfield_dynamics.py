@@ -186,6 +186,14 @@ class Workspace(dict):
     (the allocator gives freed memory back to the system), a noticeable share of a
     relaxation on a CPU; preparing the loop costs Python time."""
 
+    def __deepcopy__(self, memo: dict) -> Workspace:
+        # buffers and loops are a cache (their calls are bound to these buffers): a copy of
+        # the rule starts with an empty one rather than copies of them
+        return Workspace()
+
+    def __reduce__(self) -> tuple:
+        return (Workspace, ())
+
     def get_buffer(self, name: str, shape: tuple[int, ...], like: Tensor, key: object = None,
                    zero: bool = False) -> Tensor:
         """The buffer ``name`` of this shape (and ``key``), made (zero-filled if ``zero``)
