@@ -196,6 +196,10 @@ MUTANTS += group(R + "equilibrium_prop.py", EP, [
      "start = [s.repeat(k, 1) for s in free.states] if k > 1 else free.states",
      "start = [s.repeat(k, 1) for s in self.init(self.blocks, xf)] if k > 1 else "
      "self.init(self.blocks, xf)"),
+    ("equilibrium_prop: nudge by the batch-mean gradient", "dropped factor", CORE,
+     "nudge = Nudge(beta, grad_t=grad) if fused else Nudge(beta, grad=grad)",
+     "nudge = Nudge(beta, grad_t=lambda o: grad(o) / o.shape[1]) if fused else "
+     "Nudge(beta, grad=grad)"),
     ("equilibrium_prop: nudged phase runs free_steps", "wrong operand", AUX,
      "self.nudged_steps, record, fused=", "self.free_steps, record, fused="),
     ("equilibrium_prop: input drive without the first bias", "skipped update", CORE,
@@ -230,11 +234,10 @@ MUTANTS += group(O + "energy.py", EP, [
 # functional one (predict, reference_output, _relax)
 MUTANTS += group(O + "hopfield_dynamics.py", EP, [
     ("equilibrium_prop: nudge sign", "flipped sign", CORE,
-     "top.addcmul_(beta, g, value=-1.0)", "top.addcmul_(beta, g, value=1.0)"),
+     "top.addcmul_(beta, grad_t(out), value=-1.0)",
+     "top.addcmul_(beta, grad_t(out), value=1.0)"),
     ("equilibrium_prop: one-sided nudge sign", "flipped sign", CORE,
-     "top.add_(g, alpha=-float(beta))", "top.add_(g, alpha=float(beta))"),
-    ("equilibrium_prop: nudge by the batch-mean gradient", "dropped factor", CORE,
-     "            g = grad_t(out)\n", "            g = grad_t(out) / out.shape[1]\n"),
+     "strength = -float(beta)", "strength = float(beta)"),
     ("equilibrium_prop: nudge without rho'(s_L)", "dropped factor", CORE,
      "g = nudge.grad(rates[-1])",
      "g = nudge.grad(rates[-1]) / times_derivative(acts[-1], states[-1], rates[-1], "

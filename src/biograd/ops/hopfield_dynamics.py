@@ -366,9 +366,28 @@ def relax_hopfield_inplace(
         grad_t = lambda o: grad(o.t()).t()  # noqa: E731
     if isinstance(beta, Tensor):
         beta = beta.t()  # a row: one strength per column (sample)
-    drive_ops, derivative_ops = buf.drive_ops, buf.derivative_ops
+    nudge_ops: list[Callable[[], object]] = []
+    if nudge is not None:
+        assert grad_t is not None
+        if isinstance(beta, Tensor):
+            nudge_ops.append(lambda: top.addcmul_(beta, grad_t(out), value=-1.0))
+        else:
+            strength = -float(beta)  # type: ignore[arg-type]
+            nudge_ops.append(lambda: top.add_(grad_t(out), alpha=strength))
+    first = buf.drive_ops
+    second = nudge_ops + buf.derivative_ops  # then D = s - dF/ds
+    # steps without a record, residual or tolerance check: one flat list of prepared calls
+    plain = first + second + [partial(buf.S.lerp_, buf.D, step_size)]
+    special = {1, steps} if record == "ends" else set()
+    if start_residual:
+        special.add(1)
+    result.steps = steps
     for t in range(1, steps + 1):
-        for op in drive_ops:
+        if tol is None and record != "all" and t not in special:
+            for op in plain:
+                op()
+            continue
+        for op in first:
             op()
         if record == "all" or (record == "ends" and (t in (1, steps) or tol is not None)):
             if record == "ends" and len(result.records) == 2:
@@ -376,15 +395,8 @@ def relax_hopfield_inplace(
             result.records.append((t, buf.energy(), out.t().clone()))
         if start_residual and t == 1:
             result.start_residual = buf.residual()
-        if nudge is not None:
-            g = grad_t(out)
-            if isinstance(beta, Tensor):
-                top.addcmul_(beta, g, value=-1.0)
-            else:
-                top.add_(g, alpha=-float(beta))
-        for op in derivative_ops:  # D = s - dF/ds
+        for op in second:
             op()
-        result.steps = t
         if tol is None:
             buf.S.lerp_(buf.D, step_size)
             continue
@@ -392,7 +404,7 @@ def relax_hopfield_inplace(
         biggest = float(delta.abs().max()) if delta.numel() else 0.0
         buf.S.add_(delta, alpha=step_size)
         if biggest < tol:
-            result.converged = True
+            result.steps, result.converged = t, True
             break
     result.states = [s.t() for s in buf.states]
     return result
