@@ -126,12 +126,18 @@ def hopfield_param_contrast(
     for i, (ra, rb) in enumerate(zip(rates_a, rates_b, strict=True)):
         diff = ra - rb
         if i == 0:
-            gw = torch.mm(diff.t(), x).mul_(-alpha)
+            gw = _scaled_mm(diff.t(), x, -alpha)
         else:
-            gw = torch.mm(ra.t(), rates_a[i - 1]).mul_(-alpha)
+            gw = _scaled_mm(ra.t(), rates_a[i - 1], -alpha)
             gw.addmm_(rb.t(), rates_b[i - 1], alpha=alpha)
         out.append((gw, diff.sum(0).mul_(-alpha)))
     return out
+
+
+def _scaled_mm(a: Tensor, b: Tensor, alpha: float) -> Tensor:
+    """``alpha * a @ b`` in one product (beta = 0: the uninitialised buffer is ignored)."""
+    out = a.new_empty(a.shape[0], b.shape[1])
+    return torch.addmm(out, a, b, beta=0.0, alpha=alpha, out=out)
 
 
 def relaxation_residual(state: Tensor, target: Tensor) -> Tensor:

@@ -75,7 +75,8 @@ def _feed_forward(blocks: list[Block], x: Tensor, drive: Tensor | None = None) -
     """Pre-activations of a forward pass; ``drive``: the first one, if already computed."""
     states, r = [], x
     for i, b in enumerate(blocks):
-        s = drive if i == 0 and drive is not None else b.layer(r)
+        s = drive if i == 0 and drive is not None else nn.functional.linear(
+            r, b.layer.weight, b.layer.bias)
         states.append(s)
         r = b.activation(s)
     return states
