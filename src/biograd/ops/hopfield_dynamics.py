@@ -130,24 +130,36 @@ class HopfieldRelaxResult:
     start_residual: float = float("nan")
 
 
+def _wanted(record: str, t: int, steps: int, tol: float | None) -> bool:
+    """Whether step ``t`` is recorded; with ``tol`` the last step is not known in advance, so
+    "ends" and "last" record every step and :func:`_keep` keeps the latest."""
+    if record in ("all", "none"):
+        return record == "all"
+    return t == steps or tol is not None or (t == 1 and record == "ends")
+
+
+def _keep(records: list, record: str, entry: tuple) -> None:
+    if len(records) == {"ends": 2, "last": 1}.get(record):
+        records.pop()  # "ends" keeps the first, both keep the latest
+    records.append(entry)
+
+
 def relax_hopfield(
     chain: HopfieldChain, start: Sequence[Tensor], *, steps: int, step_size: float,
     nudge: Nudge | None = None, tol: float | None = None, record: str = "ends",
 ) -> HopfieldRelaxResult:
     """``steps`` Euler steps of ``-dF/ds`` from ``start`` (stops early once every
-    ``max |dF/ds| < tol``). ``record``: ``"all"`` steps, ``"ends"`` (the first and the last) or
-    ``"none"``. Differentiable when autograd is on (states are never written in place)."""
+    ``max |dF/ds| < tol``). ``record``: ``"all"`` steps, ``"ends"`` (the first and the last),
+    ``"last"`` or ``"none"``. Differentiable when autograd is on (states are never written in
+    place)."""
     states = list(start)
     acts = chain.acts
     result = HopfieldRelaxResult(states)
     for t in range(1, steps + 1):
         rates = [rate(a, s) for a, s in zip(acts, states, strict=True)]
         drives = chain.drives(rates)
-        # with tol the last step is not known in advance: "ends" keeps the latest record
-        if record == "all" or (record == "ends" and (t in (1, steps) or tol is not None)):
-            if record == "ends" and len(result.records) == 2:
-                result.records.pop()
-            result.records.append((t, chain.energy(states, rates, drives), rates[-1]))
+        if _wanted(record, t, steps, tol):
+            _keep(result.records, record, (t, chain.energy(states, rates, drives), rates[-1]))
         if nudge is not None:
             assert nudge.grad is not None, "the functional loop needs the row-major grad"
             g = nudge.grad(rates[-1])
@@ -378,7 +390,7 @@ def relax_hopfield_inplace(
     second = nudge_ops + buf.derivative_ops  # then D = s - dF/ds
     # steps without a record, residual or tolerance check: one flat list of prepared calls
     plain = first + second + [partial(buf.S.lerp_, buf.D, step_size)]
-    special = {1, steps} if record == "ends" else set()
+    special = {"ends": {1, steps}, "last": {steps}}.get(record, set())
     if start_residual:
         special.add(1)
     result.steps = steps
@@ -389,10 +401,8 @@ def relax_hopfield_inplace(
             continue
         for op in first:
             op()
-        if record == "all" or (record == "ends" and (t in (1, steps) or tol is not None)):
-            if record == "ends" and len(result.records) == 2:
-                result.records.pop()
-            result.records.append((t, buf.energy(), out.t().clone()))
+        if _wanted(record, t, steps, tol):
+            _keep(result.records, record, (t, buf.energy(), out.t().clone()))
         if start_residual and t == 1:
             result.start_residual = buf.residual()
         for op in second:

@@ -104,7 +104,7 @@ class EquilibriumProp(LearningRule):
     state gradient (:func:`biograd.ops.hopfield_dynamics.relax_hopfield_inplace`: per Euler
     step two block matrix products and four elementwise kernels), both nudged phases together
     as one batch of twice the rows, and writes the update in closed form; the energies are
-    recorded at the first and last step of each phase unless ``trace=True`` (every step, into
+    recorded only where the metrics need them unless ``trace=True`` (every step, into
     :attr:`last_trace`). :meth:`predict`, :meth:`reference_output` and ``_relax`` run the
     same Euler steps functionally (autograd-capable); both agree within float rounding
     (tests/test_iterative_speed_equivalence.py).
@@ -144,8 +144,9 @@ class EquilibriumProp(LearningRule):
                     f"Use biograd.models.mlp."
                 )
         #: Energies of the last step's phases ({"free": [...], "nudged_plus": [...], ...}):
-        #: at every relaxation step with ``trace=True`` (for plotting), else at the first and
-        #: the last step only (what the metrics report; recording costs reductions per step).
+        #: at every relaxation step with ``trace=True`` (for plotting), else what the metrics
+        #: report: the free phase's first and last, the nudged phases' last (recording costs
+        #: reductions per step).
         self.last_trace: dict[str, list[float]] = {}
 
     # ------------------------------------------------------------------ dynamics
@@ -212,7 +213,8 @@ class EquilibriumProp(LearningRule):
     ) -> RelaxResult:
         """Relax ``E`` (no nudging) from the ``init`` states for ``free_steps`` Euler steps;
         ``differentiable``: through autograd (from the init on), for :meth:`reference_output`;
-        ``record``: the steps whose energy is kept (``"all"``, ``"ends"`` or ``"none"``)."""
+        ``record``: the steps whose energy is kept (``"all"``, ``"ends"``, ``"last"`` or
+        ``"none"``)."""
         x = self.blocks[0].pre(x)
         with torch.set_grad_enabled(differentiable):
             chain = self._chain(x)
@@ -281,7 +283,8 @@ class EquilibriumProp(LearningRule):
         k = len(betas)
         start = [s.repeat(k, 1) for s in free.states] if k > 1 else free.states
         nudged, energies = self._run(chain.stacked(k) if k > 1 else chain, y, start, betas,
-                                     self.nudged_steps, record, fused="nudged",
+                                     self.nudged_steps, "all" if self.trace else "last",
+                                     fused="nudged",
                                      start_residual=True)
         # max |dE/ds| at the end of the free phase (where the nudged phases start): ~0 when it
         # reached its fixed point
