@@ -124,6 +124,10 @@ MUTANTS += group(O + "feedback.py", sel(BACKWARD, "direct_feedback_alignment"), 
      "_, gw, gb = ctx.op.backward(grad_out, x, weight, False, need_b)",
      "_, gw, gb = ctx.op.backward(grad_out, x, weight, False, False)"),
 ])
+MUTANTS += group(O + "feedback.py", sel(BACKWARD, "feedback_alignment"), [
+    ("weight swap: W^T kept instead of B (silent backprop)", "wrong operand", CORE,
+     "return _Saved(self.feedback)  # type: ignore[arg-type]", "return _Saved(t)"),
+])
 MUTANTS += group(O + "feedback.py", sel(BACKWARD, "sign_symmetry"), [
     ("feedback: input-gradient scale ignored", "dropped factor", AUX,
      "if gx is not None and ctx.scale != 1.0:", "if False:"),

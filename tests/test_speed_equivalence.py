@@ -18,6 +18,7 @@ mirror then moves ``B <- (1 - eta lam) B + eta sigma^2 x^T (x W^T) / n`` with th
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -284,3 +285,158 @@ def test_an_input_modified_in_place_before_backward_is_an_error(name: str) -> No
     rule = biograd.create_rule(name, ModifiesInput())
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         rule.step(torch.randn(3, 4), torch.tensor([0, 1, 1]))
+
+
+# ---------------------------------------------------------------- the weight swap
+def _run(name: str, hparams: dict, kind: str, swap: bool, steps: int = 2,
+         prepare: Callable[[nn.Module], None] | None = None) -> list[Tensor]:
+    """Gradients and feedback after ``steps`` SGD steps (float32), swap on or off."""
+    model, x, y = make_model(kind)
+    if prepare is not None:
+        prepare(model)
+    torch.manual_seed(0)
+    rule = biograd.create_rule(name, model, **hparams)
+    rule.swap_weights = swap
+    opt = torch.optim.SGD(rule.parameters(), lr=0.1, momentum=0.9)
+    out = []
+    for xb, yb in _batches(x, y, steps):
+        opt.zero_grad(set_to_none=True)
+        rule.step(xb, yb)
+        out += [p.grad.clone() for p in rule.parameters() if p.grad is not None]
+        out += [t.clone() for t in rule.feedback.buffers()]
+        opt.step()
+    return out
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "resnet", "graph"])
+@pytest.mark.parametrize(("name", "hparams"), [
+    ("feedback_alignment", {}), ("weight_mirror", {}), ("weight_mirror", {"mirror_steps": 0}),
+    ("sign_symmetry", {"magnitudes": "random"}),
+])
+def test_the_weight_swap_gives_the_feedback_op_update_bit_for_bit(
+    kind: str, name: str, hparams: dict
+) -> None:
+    """Plain Linear / Conv2d layers run their own forward with B swapped into the weight view
+    autograd saves; the update equals the feedback op's (the previous implementation) exactly,
+    in float32, at every step."""
+    fast, ref = _run(name, hparams, kind, True), _run(name, hparams, kind, False)
+    assert len(fast) == len(ref)
+    for a, b in zip(fast, ref, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_sign_symmetry_unit_gain_swapped_scales_b_instead_of_the_input_grad(kind: str) -> None:
+    """``g sign(W)^T`` swapped in whole vs the op's ``g (delta sign(W))``: equal up to float32
+    rounding."""
+    fast, ref = _run("sign_symmetry", {}, kind, True), _run("sign_symmetry", {}, kind, False)
+    for a, b in zip(fast, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def _count_swaps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from biograd.ops.feedback import WeightSwap
+
+    served = [0, 0]  # calls served by the swap, calls it could not serve
+    call = WeightSwap.call
+
+    def counting(self, *args):  # type: ignore[no-untyped-def]
+        y = call(self, *args)
+        served[y is None] += 1
+        return y
+
+    monkeypatch.setattr(WeightSwap, "call", counting)
+    return served
+
+
+def test_plain_layers_with_fixed_feedback_take_the_swap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FA, sign symmetry and weight mirror swap on the layers after the data layer; DFA (its
+    input gradient is no layer's B) and Kolen-Pollack (B's own gradient comes from the op)
+    use the feedback ops."""
+    served = _count_swaps(monkeypatch)
+    for name, swaps in [("feedback_alignment", 2), ("sign_symmetry", 2), ("weight_mirror", 2),
+                        ("direct_feedback_alignment", 0), ("kolen_pollack", 0)]:
+        served[:] = [0, 0]
+        model, x, y = make_model("mlp")
+        biograd.create_rule(name, model).step(x, y)
+        assert served == [swaps, 0], name
+
+
+class Doubled(nn.Linear):
+    """A Linear subclass with its own forward: converted through the feedback op."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 2 * super().forward(x)
+
+
+def _swap_off_and_on(
+    model_fn: Callable[[], nn.Module], x: Tensor, y: Tensor, name: str = "feedback_alignment"
+) -> tuple[list[Tensor], list[Tensor]]:
+    runs = []
+    for swap in (False, True):
+        torch.manual_seed(0)
+        rule = biograd.create_rule(name, model_fn())
+        rule.swap_weights = swap
+        rule.step(x, y)
+        rule.step(x, y)
+        runs.append([p.grad.clone() for p in rule.parameters() if p.grad is not None])
+    return runs[0], runs[1]
+
+
+def _seq(*mods: nn.Module) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        torch.manual_seed(1)
+        return nn.Sequential(*[m() for m in mods])  # type: ignore[operator]
+
+    return build
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm")
+@pytest.mark.parametrize("case", ["subclass", "3d input", "no bias", "weight_norm"])
+def test_layers_the_swap_cannot_serve_fall_back_with_the_same_update(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 0, 1])
+    if case == "subclass":
+        build = _seq(lambda: nn.Linear(6, 5), nn.Tanh, lambda: Doubled(5, 3))
+    elif case == "3d input":
+        x = torch.randn(5, 2, 6)
+        build = _seq(lambda: nn.Linear(6, 5), nn.Tanh, lambda: nn.Linear(5, 4), nn.Flatten,
+                     lambda: nn.Linear(8, 3))
+    elif case == "no bias":
+        build = _seq(lambda: nn.Linear(6, 5), nn.Tanh, lambda: nn.Linear(5, 3, bias=False))
+    else:
+        build = _seq(lambda: nn.Linear(6, 5), nn.Tanh,  # W recomputed by a pre-hook
+                     lambda: nn.utils.weight_norm(nn.Linear(5, 3)))
+    served = _count_swaps(monkeypatch)
+    ref, fast = _swap_off_and_on(build, x, y)
+    assert len(ref) == len(fast) > 0
+    for a, b in zip(ref, fast, strict=True):
+        assert torch.equal(a, b)
+    expect = {"subclass": [0, 0], "3d input": [4, 0], "no bias": [2, 0], "weight_norm": [0, 0]}
+    assert served == expect[case]
+
+
+def test_outer_saved_tensor_hooks_turn_the_swap_off_and_still_apply() -> None:
+    """A user's saved-tensor hooks around a step (e.g. ``save_on_cpu``) keep their effect on
+    every tensor the step saves: the step uses the feedback ops, with the same update."""
+    model, x, y = make_model("mlp")
+    xb, yb = _batches(x, y, 1)[0]
+    runs = []
+    for swap in (False, True):
+        packed = [0]
+
+        def pack(t: Tensor, packed: list[int] = packed) -> Tensor:
+            packed[0] += 1
+            return t
+
+        torch.manual_seed(0)
+        rule = biograd.create_rule("feedback_alignment", copy.deepcopy(model))
+        rule.swap_weights = swap
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            rule.step(xb, yb)
+        runs.append((packed[0], [p.grad for p in rule.parameters()]))
+    (n_op, ref), (n_swap, got) = runs
+    assert n_swap == n_op > 0
+    for a, b in zip(got, ref, strict=True):
+        assert torch.equal(a, b)

@@ -66,6 +66,14 @@ class Conv2dHandler(FeedbackHandler):
         mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
         return F.pad(x, m._reversed_padding_repeated_twice, mode=mode)
 
+    def swappable(self, module: nn.Module) -> bool:
+        """A module running ``nn.Conv2d``'s own forward (the convolution saves ``W`` for the
+        input gradient; non-zero padding modes pad first) on a weight of its own."""
+        cls = type(module)
+        return cls.forward is nn.Conv2d.forward and \
+            cls._conv_forward is nn.Conv2d._conv_forward and \
+            isinstance(module._parameters.get("weight"), nn.Parameter)
+
     def transposed_weight(self, module: nn.Module) -> Tensor:
         return module.weight  # type: ignore[return-value]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 from torch import Tensor, nn
 
@@ -40,7 +41,7 @@ class FeedbackLayer:
     module: nn.Module
     handler: FeedbackHandler
 
-    @property
+    @cached_property
     def key(self) -> str:
         """A state_dict-safe name for the layer's feedback tensors."""
         return self.path.replace(".", "__") or "root"

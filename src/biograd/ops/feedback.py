@@ -194,6 +194,90 @@ def fast_apply(function: type[torch.autograd.Function]) -> Callable[..., Any]:
     return apply
 
 
+class _Saved:
+    """What autograd keeps for a tensor saved under :class:`WeightSwap`'s hooks: the tensor
+    (the feedback in place of a swapped weight) and its version, checked when it is unpacked
+    (saved-tensor hooks bypass autograd's own check that a saved tensor was not modified)."""
+
+    __slots__ = ("tensor", "version")
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor, self.version = tensor, tensor._version
+
+
+_autograd = torch._C._autograd  # type: ignore[attr-defined]
+_push_hooks = getattr(_autograd, "_push_saved_tensors_default_hooks", None)
+_pop_hooks = getattr(_autograd, "_pop_saved_tensors_default_hooks", None)
+_top_hooks = getattr(_autograd, "_top_saved_tensors_default_hooks", None)
+_hooks_enabled = getattr(_autograd, "_saved_tensors_hooks_is_enabled", None)
+
+
+class WeightSwap:
+    """Feedback through the layer's own autograd node: during one call of a plain
+    ``nn.Linear`` / ``nn.Conv2d`` (its own ``forward``), saved-tensor hooks
+    (``torch.autograd.graph.saved_tensors_hooks``) hand autograd the feedback ``B`` in place of
+    the weight view the op saves for its input gradient (``W^T`` for ``F.linear``'s ``addmm``,
+    ``W`` for the convolution). That saved view serves the input gradient alone (the weight
+    gradient of a linear op reads the input and the output error only), so the node computes
+    exactly the feedback op's gradients, ``delta B^T`` for the input and backprop's for the
+    weight and bias, in C++: no Python autograd Function per layer call (its Python forward
+    and backward are most of a feedback layer's extra cost on an MLP, docs/algorithms/
+    backward.md). The other tensor the op saves (its input) is kept as it is, with the version
+    check autograd would make; a call whose op saved no such view (an unusual input, a weight
+    recomputed per call) is reported, and the caller runs the feedback op instead. For fixed
+    feedback: ``B`` gets no gradient this way.
+    """
+
+    __slots__ = ("feedback", "hits", "target")
+
+    def __init__(self) -> None:
+        self.target: Tensor | None = None
+        self.feedback: Tensor | None = None
+        self.hits = 0
+
+    @staticmethod
+    def available() -> bool:
+        """Whether a step may swap: the hooks exist in this torch, are enabled, and no outer
+        saved-tensor hooks are active (the swap would bypass them for the layer's tensors)."""
+        if _push_hooks is None or _pop_hooks is None or _top_hooks is None:
+            return False
+        if _hooks_enabled is not None and not _hooks_enabled():
+            return False
+        return _top_hooks(False) is None and not torch._C._are_functorch_transforms_active()
+
+    def pack(self, t: Tensor) -> _Saved:
+        target = self.target
+        if target is not None and t.data_ptr() == target.data_ptr() and \
+                t.shape == target.shape and t.stride() == target.stride() and \
+                t.dtype == target.dtype:
+            self.hits += 1
+            return _Saved(self.feedback)  # type: ignore[arg-type]
+        return _Saved(t)
+
+    @staticmethod
+    def unpack(saved: _Saved) -> Tensor:
+        if saved.tensor._version != saved.version:
+            raise modified_in_place("input or feedback")
+        return saved.tensor
+
+    def call(
+        self, forward: Callable[[Tensor], Tensor], x: Tensor, target: Tensor, feedback: Tensor
+    ) -> Tensor | None:
+        """``forward(x)`` (the module's own forward, :meth:`FeedbackHandler.swap_forward`) with
+        ``target`` (the weight view the op saves for the input gradient,
+        :meth:`FeedbackHandler.transposed_weight`) replaced by ``feedback`` in the tensors
+        autograd saves; ``None`` when the op saved no such view (then the result is discarded
+        and the caller runs the feedback op)."""
+        self.target, self.feedback, self.hits = target, feedback, 0
+        _push_hooks(self.pack, self.unpack)  # type: ignore[misc]
+        try:
+            y = forward(x)
+        finally:
+            _pop_hooks()  # type: ignore[misc]
+            self.target = self.feedback = None
+        return y if self.hits else None
+
+
 def modified_in_place(what: str) -> RuntimeError:
     """The error of a feedback op whose saved tensor changed between forward and backward (what
     autograd raises for its own saved tensors)."""
@@ -292,6 +376,15 @@ class FeedbackHandler(abc.ABC):
         """One mirror step in place: ``B <- (1 - lr decay) B + lr x y^T / n``."""
         corr = self.mirror_correlation(module, n, std, generator)
         feedback.mul_(1.0 - lr * decay).add_(corr, alpha=lr)
+
+    def swappable(self, module: nn.Module) -> bool:
+        """Whether the module's own forward may run with ``B`` swapped in for the weight view
+        its op saves (:class:`WeightSwap`); ``False`` here: the feedback op always."""
+        return False
+
+    def swap_forward(self, module: nn.Module) -> Callable[[Tensor], Tensor]:
+        """The module's own forward as ``x -> y`` (for a :meth:`swappable` module)."""
+        return lambda x: type(module).forward(module, x)  # type: ignore[no-any-return]
 
     def prepare_input(self, module: nn.Module, x: Tensor) -> Tensor:
         """Anything done to the input before the op (e.g. explicit padding); identity here."""

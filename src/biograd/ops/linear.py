@@ -5,6 +5,7 @@ delta`` as in backprop; the input gradient is ``delta B^T`` with ``B`` of ``W^T`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -132,6 +133,17 @@ class LinearHandler(FeedbackHandler):
             weight, bias = module.weight, module.bias  # type: ignore[union-attr]
             return _apply(x, weight, bias, feedback, scale, direct, decay)  # type: ignore[no-any-return]
         return super().forward(module, x, feedback, direct, scale, decay)
+
+    def swappable(self, module: nn.Module) -> bool:
+        """A module running ``nn.Linear``'s own forward (``F.linear``, whose ``addmm`` / ``mm``
+        saves ``W^T`` for the input gradient) on a weight that is a parameter of its own."""
+        return type(module).forward is nn.Linear.forward and \
+            isinstance(module._parameters.get("weight"), nn.Parameter)
+
+    def swap_forward(self, module: nn.Module) -> Callable[[Tensor], Tensor]:
+        """``nn.Linear.forward`` itself, reading the parameters without ``Module.__getattr__``."""
+        params = module._parameters
+        return lambda x: F.linear(x, params["weight"], params["bias"])  # type: ignore[arg-type]
 
     def transposed_weight(self, module: nn.Module) -> Tensor:
         return module.weight.t()  # type: ignore[union-attr,operator]

@@ -39,7 +39,7 @@ from biograd.ops.convert import (
     feedback_layers,
     swapped_forwards,
 )
-from biograd.ops.feedback import DirectSignal, LayerDecay
+from biograd.ops.feedback import DirectSignal, LayerDecay, WeightSwap
 
 
 class FeedbackBank(nn.Module):
@@ -67,12 +67,14 @@ class FeedbackBank(nn.Module):
 
 
 class StepState:
-    """What the layers' forwards read during a step: its number (1 at the first step) and
-    DFA's output-error signal. A plain object, so updating it per step is cheap."""
+    """What the layers' forwards read during a step: its number (1 at the first step), DFA's
+    output-error signal and the weight swap (None: this step uses the feedback ops). A plain
+    object, so updating it per step is cheap."""
 
     def __init__(self) -> None:
         self.step = 0
         self.direct: DirectSignal | None = None
+        self.swap: WeightSwap | None = None
 
 
 class BackwardReplacementRule(LearningRule):
@@ -101,6 +103,11 @@ class BackwardReplacementRule(LearningRule):
         self._forwards: list[Callable[[Tensor], Tensor]] | None = None
         self._check_paths = "first_step"
         self._paths_pending = True
+        #: Whether plain Linear / Conv2d layers get their feedback by swapping ``B`` into their
+        #: own autograd node (the default, cheaper) rather than through the feedback op, an
+        #: autograd Function: the same update either way (see :meth:`_layer_forward`).
+        self.swap_weights = True
+        self._weight_swap = WeightSwap()
 
     CHECK_PATHS = ("first_step", "every_step", "off")
 
@@ -131,6 +138,13 @@ class BackwardReplacementRule(LearningRule):
         """DFA's output-error broadcast; ``None`` for layer-to-layer feedback."""
         return None
 
+    def swap_feedback(self, layer: FeedbackLayer) -> Tensor:
+        """The ``B`` swapped into a plain layer's own autograd node this step: ``s T`` from
+        :meth:`scaled_feedback` (``T`` itself when ``s = 1``). A scale other than 1 is then
+        applied to ``B`` rather than to the input gradient: the same update up to rounding."""
+        fb, scale = self.scaled_feedback(layer)
+        return fb if scale == 1.0 else fb * scale
+
     def layer_decay(self, layer: FeedbackLayer) -> LayerDecay | None:
         """The decay ``layer``'s feedback op adds to its weight and feedback gradients this step
         (Kolen-Pollack's), given to the layer's first call of the step whose input needs a
@@ -159,7 +173,7 @@ class BackwardReplacementRule(LearningRule):
         return self._state.step == 0 or layer.key in self._in_use
 
     def _layer_forward(self, layer: FeedbackLayer) -> Callable[[Tensor], Tensor]:
-        """``layer``'s forward during a step: the handler's op whose backward sends the error
+        """``layer``'s forward during a step: the layer's op with its backward sending the error
         through :meth:`scaled_feedback` (fetched once per step, at the first call that needs
         it, with :meth:`layer_decay`), recording which layers' feedback is used.
 
@@ -168,6 +182,15 @@ class BackwardReplacementRule(LearningRule):
         feedback is to be trained; then the input is made a leaf that needs a gradient (which
         is discarded), so that trainable feedback gets its update.
 
+        A call whose input needs a gradient runs, for a plain ``nn.Linear`` / ``nn.Conv2d``
+        (``handler.swappable``) with fixed layer-to-layer feedback (FA, sign symmetry, weight
+        mirror), the module's own forward with ``B`` (:meth:`swap_feedback`) swapped in for the
+        weight view autograd saves for the input gradient (:class:`WeightSwap`); otherwise
+        (DFA, trained feedback or a decay: Kolen-Pollack, other layer types, a call the swap
+        cannot serve, ``swap_weights=False``) the handler's feedback op, an autograd Function.
+        Both give the same update (bit for bit; sign symmetry's gain: up to rounding, see
+        :meth:`swap_feedback`).
+
         Built once per layer and kept across steps (per-step values are read from
         :class:`StepState`): a fresh closure per step costs more than its body. The
         :meth:`check_layer_input` hook is called only when a subclass defines one."""
@@ -175,8 +198,30 @@ class BackwardReplacementRule(LearningRule):
         module, handler, key = layer.module, layer.handler, layer.key
         native = type(module).forward  # the class's forward (the instance's is swapped)
         op = handler.forward
-        memo: list[Any] = [0, None, 1.0]  # the step it was fetched at, feedback, scale
+        params = module._parameters
+        # the step it was fetched at, feedback, scale, the weight view to swap (None: no swap)
+        memo: list[Any] = [0, None, 1.0, None]
+        view: list[Any] = [None, 0, None]  # W, its address, the view of it the op saves
+        can_swap = [handler.swappable(module)]
+        own = handler.swap_forward(module) if can_swap[0] else native
         check = type(self).check_layer_input is not BackwardReplacementRule.check_layer_input
+
+        def fetch(decay: LayerDecay | None) -> None:
+            w = params.get("weight")
+            if state.swap is not None and can_swap[0] and state.direct is None and \
+                    decay is None and w is not None and w.requires_grad:
+                fb = rule.swap_feedback(layer)
+                memo[1], memo[2] = fb, 1.0
+                if fb.requires_grad:  # trained feedback (Kolen-Pollack): the op writes B.grad
+                    memo[3] = None
+                else:
+                    if w is not view[0] or w.data_ptr() != view[1]:  # kept while W is the same
+                        view[:] = w, w.data_ptr(), handler.transposed_weight(module).detach()
+                    memo[3] = view[2]
+            else:
+                memo[1], memo[2] = rule.scaled_feedback(layer)
+                memo[3] = None
+            memo[0] = state.step
 
         def fwd(x: Tensor) -> Tensor:
             if x.requires_grad:
@@ -187,11 +232,16 @@ class BackwardReplacementRule(LearningRule):
                 return native(module, x)
             decay = None
             if memo[0] != state.step:
-                memo[1], memo[2] = rule.scaled_feedback(layer)
-                memo[0] = state.step
                 decay = rule.layer_decay(layer)  # the step's first call only
+                fetch(decay)
             if check:
                 rule.check_layer_input(layer, x)
+            if memo[3] is not None:
+                y = state.swap.call(own, x, memo[3], memo[1])  # type: ignore[union-attr]
+                if y is not None:
+                    return y
+                can_swap[0] = False  # the op saved no such weight view: the feedback op serves
+                memo[3] = None
             direct = state.direct
             if direct is not None and key in direct.uncut_keys:
                 direct = direct.uncut  # pure DFA where no cut is needed (see DirectSignal)
@@ -208,7 +258,7 @@ class BackwardReplacementRule(LearningRule):
         # the layers' forwards close over this rule: a copy (deepcopy, pickle) builds its own
         state = self.__dict__.copy()
         state["_forwards"] = None
-        state.pop("_swap", None)
+        state.pop("_installs", None)
         return state
 
     def step(self, x: Tensor, y: Tensor) -> StepResult:
@@ -218,10 +268,11 @@ class BackwardReplacementRule(LearningRule):
         state = self._state
         state.step += 1
         state.direct = direct = self.direct_signal()
+        state.swap = self._weight_swap if self.swap_weights and WeightSwap.available() else None
         if self._forwards is None:
             self._forwards = [self._layer_forward(layer) for layer in self.layers]
-            self._swap = [(layer.module.__dict__, fwd) for layer, fwd in
-                          zip(self.layers, self._forwards, strict=True)]
+            self._installs = [(layer.module.__dict__, fwd) for layer, fwd in
+                              zip(self.layers, self._forwards, strict=True)]
         if self._paths_pending:
             with swapped_forwards(self.layers, self._forwards), \
                     StepRecord(self.model, self.layers) as record:
@@ -244,14 +295,14 @@ class BackwardReplacementRule(LearningRule):
     def _swapped_forward(self, x: Tensor) -> Tensor:
         """``self.model(x)`` with the layers' forwards swapped in: :func:`swapped_forwards`
         inlined (a module already holding an instance ``forward`` gets it back)."""
-        swap = self._swap
-        saved = [d.get("forward") for d, _ in swap]
+        installs = self._installs
+        saved = [d.get("forward") for d, _ in installs]
         try:
-            for d, fwd in swap:
+            for d, fwd in installs:
                 d["forward"] = fwd
             return self.model(x)  # type: ignore[no-any-return]
         finally:
-            for (d, _), old in zip(swap, saved, strict=True):
+            for (d, _), old in zip(installs, saved, strict=True):
                 if old is None:
                     d.pop("forward", None)
                 else:
