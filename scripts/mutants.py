@@ -205,7 +205,7 @@ MUTANTS += group(R + "equilibrium_prop.py", EP, [
      "nudge = Nudge(beta, grad_t=lambda o: grad(o) / o.shape[1]) if fused else "
      "Nudge(beta, grad=grad)"),
     ("equilibrium_prop: nudged phase runs free_steps", "wrong operand", AUX,
-     "self.nudged_steps, record, fused=", "self.free_steps, record, fused="),
+     "self.nudged_steps, \"all\" if self.trace", "self.free_steps, \"all\" if self.trace"),
     ("equilibrium_prop: input drive without the first bias", "skipped update", CORE,
      "drive = nn.functional.linear(x, weights[0], biases[0])",
      "drive = nn.functional.linear(x, weights[0])"),
