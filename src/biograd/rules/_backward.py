@@ -193,7 +193,8 @@ class BackwardReplacementRule(LearningRule):
 
         Built once per layer and kept across steps (per-step values are read from
         :class:`StepState`): a fresh closure per step costs more than its body. The
-        :meth:`check_layer_input` hook is called only when a subclass defines one."""
+        :meth:`check_layer_input` and :meth:`layer_decay` hooks are called only when a subclass
+        defines them."""
         rule, state, in_use = self, self._state, self._in_use
         module, handler, key = layer.module, layer.handler, layer.key
         native = type(module).forward  # the class's forward (the instance's is swapped)
@@ -204,7 +205,9 @@ class BackwardReplacementRule(LearningRule):
         view: list[Any] = [None, 0, None]  # W, its address, the view of it the op saves
         can_swap = [handler.swappable(module)]
         own = handler.swap_forward(module) if can_swap[0] else native
+        # hooks called only when a subclass defines them
         check = type(self).check_layer_input is not BackwardReplacementRule.check_layer_input
+        decays = type(self).layer_decay is not BackwardReplacementRule.layer_decay
 
         def fetch(decay: LayerDecay | None) -> None:
             w = params.get("weight")
@@ -232,7 +235,8 @@ class BackwardReplacementRule(LearningRule):
                 return native(module, x)
             decay = None
             if memo[0] != state.step:
-                decay = rule.layer_decay(layer)  # the step's first call only
+                if decays:
+                    decay = rule.layer_decay(layer)  # the step's first call only
                 fetch(decay)
             if check:
                 rule.check_layer_input(layer, x)
