@@ -311,7 +311,7 @@ def _run(name: str, hparams: dict, kind: str, swap: bool, steps: int = 2,
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "resnet", "graph"])
 @pytest.mark.parametrize(("name", "hparams"), [
     ("feedback_alignment", {}), ("weight_mirror", {}), ("weight_mirror", {"mirror_steps": 0}),
-    ("sign_symmetry", {"magnitudes": "random"}),
+    ("weight_mirror", {"train_unused_feedback": True}), ("sign_symmetry", {"magnitudes": "random"}),
 ])
 def test_the_weight_swap_gives_the_feedback_op_update_bit_for_bit(
     kind: str, name: str, hparams: dict
