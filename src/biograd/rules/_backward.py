@@ -1,7 +1,8 @@
 """Shared machinery of the backward-replacement rules (FA, sign symmetry, DFA, weight mirror,
 Kolen-Pollack): layer conversion, feedback storage and the common ``step``.
 
-A subclass says which feedback tensor each converted layer uses (:meth:`layer_feedback`) and
+A subclass says which feedback tensor each converted layer uses (:meth:`layer_feedback`, by
+default the one stored in ``rule.feedback``) and
 may act after the backward pass (:meth:`after_backward`: KP's weight decay, WM's mirror mode).
 
 Unused feedback. A layer's ``B`` carries error only when the layer's input needs a gradient;
@@ -23,7 +24,6 @@ module that used it; later steps skip the check (``check_paths``).
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -126,9 +126,10 @@ class BackwardReplacementRule(LearningRule):
         self._paths_pending = value != "off"
 
     # ----------------------------------------------------------------- subclass hooks
-    @abc.abstractmethod
     def layer_feedback(self, layer: FeedbackLayer) -> Tensor:
-        """The ``B`` that ``layer``'s backward uses this step."""
+        """The ``B`` that ``layer``'s backward uses this step: by default the one stored for it
+        in :attr:`feedback` (FA, DFA, weight mirror, Kolen-Pollack)."""
+        return self.feedback.get(layer.key)
 
     def scaled_feedback(self, layer: FeedbackLayer) -> tuple[Tensor, float]:
         """``(T, s)`` with ``B = s * T``: what the backward multiplies by (default ``(B, 1)``)."""
@@ -206,14 +207,18 @@ class BackwardReplacementRule(LearningRule):
         can_swap = [handler.swappable(module)]
         own = handler.swap_forward(module) if can_swap[0] else native
         # hooks called only when a subclass defines them
-        check = type(self).check_layer_input is not BackwardReplacementRule.check_layer_input
-        decays = type(self).layer_decay is not BackwardReplacementRule.layer_decay
+        cls, base = type(self), BackwardReplacementRule
+        check = cls.check_layer_input is not base.check_layer_input
+        decays = cls.layer_decay is not base.layer_decay
+        # the stored B, read from the bank directly when no subclass changes how B is made
+        stored = self.feedback if all(getattr(cls, m) is getattr(base, m) for m in (
+            "layer_feedback", "scaled_feedback", "swap_feedback")) else None
 
         def fetch(decay: LayerDecay | None) -> None:
             w = params.get("weight")
             if state.swap is not None and can_swap[0] and state.direct is None and \
                     decay is None and w is not None and w.requires_grad:
-                fb = rule.swap_feedback(layer)
+                fb = rule.swap_feedback(layer) if stored is None else stored.get(key)
                 memo[1], memo[2] = fb, 1.0
                 if fb.requires_grad:  # trained feedback (Kolen-Pollack): the op writes B.grad
                     memo[3] = None

@@ -101,9 +101,6 @@ class DirectFeedbackAlignment(BackwardReplacementRule):
                 f"layer's input."
             )
 
-    def layer_feedback(self, layer: FeedbackLayer) -> Tensor:
-        return self.feedback.get(layer.key)
-
     @torch.no_grad()
     def prepare(self, x: Tensor) -> None:
         if len(self.feedback._buffers) == len(self.layers):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 from biograd.core.losses import LossFn
 from biograd.core.registry import register_rule
-from biograd.ops.convert import FeedbackLayer
 from biograd.rules._backward import BackwardReplacementRule
 
 
@@ -36,5 +35,3 @@ class FeedbackAlignment(BackwardReplacementRule):
         super().__init__(model, loss, allow_backprop)
         self.init_random_feedback()
 
-    def layer_feedback(self, layer: FeedbackLayer) -> Tensor:
-        return self.feedback.get(layer.key)

@@ -86,9 +86,6 @@ class KolenPollack(BackwardReplacementRule):
             out += [layer.module.weight, self.feedback.get(layer.key)]  # type: ignore[list-item]
         return out
 
-    def layer_feedback(self, layer: FeedbackLayer) -> Tensor:
-        return self.feedback.get(layer.key)
-
     def layer_decay(self, layer: FeedbackLayer) -> LayerDecay | None:
         """The decay the layer's feedback op adds in its backward (``lam W`` to W.grad and
         ``lam B`` to B.grad in the passes that write them, see ``LinearFeedbackFunction``)."""

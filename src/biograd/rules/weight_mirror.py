@@ -9,7 +9,6 @@ from biograd.core.checks import choice, flag, positive, positive_int
 from biograd.core.losses import LossFn
 from biograd.core.registry import register_rule
 from biograd.metrics.alignment import feedback_alignment_angles
-from biograd.ops.convert import FeedbackLayer
 from biograd.rules._backward import BackwardReplacementRule
 
 
@@ -109,9 +108,6 @@ class WeightMirror(BackwardReplacementRule):
         feats = [(lay, lay.handler.mirror_noise_features(lay.module)) for lay in self.layers]
         self._shared = [(layer, f) for layer, f in feats if f is not None]
         self._own = [layer for layer, f in feats if f is None]
-
-    def layer_feedback(self, layer: FeedbackLayer) -> Tensor:
-        return self.feedback.get(layer.key)
 
     @torch.no_grad()
     def mirror(self, steps: int = 1) -> None:
