@@ -139,13 +139,6 @@ class BackwardReplacementRule(LearningRule):
         """DFA's output-error broadcast; ``None`` for layer-to-layer feedback."""
         return None
 
-    def swap_feedback(self, layer: FeedbackLayer) -> Tensor:
-        """The ``B`` swapped into a plain layer's own autograd node this step: ``s T`` from
-        :meth:`scaled_feedback` (``T`` itself when ``s = 1``). A scale other than 1 is then
-        applied to ``B`` rather than to the input gradient: the same update up to rounding."""
-        fb, scale = self.scaled_feedback(layer)
-        return fb if scale == 1.0 else fb * scale
-
     def layer_decay(self, layer: FeedbackLayer) -> LayerDecay | None:
         """The decay ``layer``'s feedback op adds to its weight and feedback gradients this step
         (Kolen-Pollack's), given to the layer's first call of the step whose input needs a
@@ -184,13 +177,12 @@ class BackwardReplacementRule(LearningRule):
         is discarded), so that trainable feedback gets its update.
 
         A call whose input needs a gradient runs, for a plain ``nn.Linear`` / ``nn.Conv2d``
-        (``handler.swappable``) with fixed layer-to-layer feedback (FA, sign symmetry, weight
-        mirror), the module's own forward with ``B`` (:meth:`swap_feedback`) swapped in for the
-        weight view autograd saves for the input gradient (:class:`WeightSwap`); otherwise
-        (DFA, trained feedback or a decay: Kolen-Pollack, other layer types, a call the swap
-        cannot serve, ``swap_weights=False``) the handler's feedback op, an autograd Function.
-        Both give the same update (bit for bit; sign symmetry's gain: up to rounding, see
-        :meth:`swap_feedback`).
+        (``handler.swappable``) with fixed, unscaled layer-to-layer feedback (FA, weight mirror,
+        sign symmetry with random magnitudes), the module's own forward with ``B`` swapped in for
+        the weight view autograd saves for the input gradient (:class:`WeightSwap`); otherwise
+        (DFA, trained feedback or a decay: Kolen-Pollack, a scale: sign symmetry's gain, other
+        layer types, a call the swap cannot serve, ``swap_weights=False``) the handler's
+        feedback op, an autograd Function. Both give the same update, bit for bit.
 
         Built once per layer and kept across steps (per-step values are read from
         :class:`StepState`): a fresh closure per step costs more than its body. The
@@ -212,23 +204,20 @@ class BackwardReplacementRule(LearningRule):
         decays = cls.layer_decay is not base.layer_decay
         # the stored B, read from the bank directly when no subclass changes how B is made
         stored = self.feedback if all(getattr(cls, m) is getattr(base, m) for m in (
-            "layer_feedback", "scaled_feedback", "swap_feedback")) else None
+            "layer_feedback", "scaled_feedback")) else None
 
         def fetch(decay: LayerDecay | None) -> None:
+            fb, scale = rule.scaled_feedback(layer) if stored is None else (stored.get(key), 1.0)
+            memo[1], memo[2], memo[3] = fb, scale, None
             w = params.get("weight")
+            # the swap serves fixed feedback without a scale (a trained B gets its gradient, a
+            # scale its product with the input gradient, from the op)
             if state.swap is not None and can_swap[0] and state.direct is None and \
-                    decay is None and w is not None and w.requires_grad:
-                fb = rule.swap_feedback(layer) if stored is None else stored.get(key)
-                memo[1], memo[2] = fb, 1.0
-                if fb.requires_grad:  # trained feedback (Kolen-Pollack): the op writes B.grad
-                    memo[3] = None
-                else:
-                    if w is not view[0] or w.data_ptr() != view[1]:  # kept while W is the same
-                        view[:] = w, w.data_ptr(), handler.transposed_weight(module).detach()
-                    memo[3] = view[2]
-            else:
-                memo[1], memo[2] = rule.scaled_feedback(layer)
-                memo[3] = None
+                    decay is None and scale == 1.0 and not fb.requires_grad and \
+                    w is not None and w.requires_grad:
+                if w is not view[0] or w.data_ptr() != view[1]:  # kept while W is the same
+                    view[:] = w, w.data_ptr(), handler.transposed_weight(module).detach()
+                memo[3] = view[2]
             memo[0] = state.step
 
         def fwd(x: Tensor) -> Tensor:

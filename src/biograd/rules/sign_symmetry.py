@@ -103,13 +103,6 @@ class SignSymmetry(BackwardReplacementRule):
         torch.sign(wt, out=buf)
         return self.strategy.feedback(self, layer, buf)
 
-    def swap_feedback(self, layer: FeedbackLayer) -> Tensor:
-        """``B`` whole for the weight swap: the gain applied to the step's own sign buffer in
-        place (one pass over ``W``'s size instead of one over the input gradient's; the update
-        equals the feedback op's up to rounding)."""
-        fb, scale = self.scaled_feedback(layer)
-        return fb.mul_(scale) if scale != 1.0 else fb
-
     def layer_feedback(self, layer: FeedbackLayer) -> Tensor:
         fb, scale = self.scaled_feedback(layer)
         return fb * scale
