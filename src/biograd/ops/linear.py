@@ -131,7 +131,8 @@ class LinearHandler(FeedbackHandler):
                 direct.inject(x, feedback)
                 direct = ZERO_INPUT
             weight, bias = module.weight, module.bias  # type: ignore[union-attr]
-            return _apply(x, weight, bias, feedback, scale, direct, decay)  # type: ignore[no-any-return]
+            y: Tensor = _apply(x, weight, bias, feedback, scale, direct, decay)
+            return y
         return super().forward(module, x, feedback, direct, scale, decay)
 
     def swappable(self, module: nn.Module) -> bool:

@@ -2,8 +2,9 @@
 Kolen-Pollack): layer conversion, feedback storage and the common ``step``.
 
 A subclass says which feedback tensor each converted layer uses (:meth:`layer_feedback`, by
-default the one stored in ``rule.feedback``) and
-may act after the backward pass (:meth:`after_backward`: KP's weight decay, WM's mirror mode).
+default the one stored in ``rule.feedback``), may give a layer's op a weight decay to add
+(:meth:`layer_decay`: Kolen-Pollack's) and may act after the backward pass
+(:meth:`after_backward`: the decay no op added, WM's mirror mode).
 
 Unused feedback. A layer's ``B`` carries error only when the layer's input needs a gradient;
 the first layer of a network fed with data never does, so its ``B`` takes no part in

@@ -32,10 +32,12 @@ class KolenPollack(BackwardReplacementRule):
     W^T from a random start; without lambda, W - B^T never shrinks and the rule is feedback
     alignment with a transposed-update twist. Here ``step`` writes B.grad = (W.grad)^T exactly
     (B is an ``nn.Parameter`` in ``feedback_parameters()``) and adds ``weight_decay`` lambda:
-    lambda W to W.grad and lambda B to B.grad of every converted layer, so any optimizer (rate
-    eta) applies P3's update. The default lambda = 1e-4 is P3's (the network's weight decay in
-    its ImageNet runs: SGD lr 0.1, ~450k steps, so lr * lambda * steps ~ 4.5; a shorter run
-    needs a larger lambda for the same shrinkage of W - B^T, docs/algorithms/backward.md).
+    lambda W to W.grad and lambda B to B.grad of every converted layer (in the layer op's
+    backward, in the passes that write those gradients, see ``LayerDecay``; after the backward
+    for what no op reached), so any optimizer (rate eta) applies P3's update. The default
+    lambda = 1e-4 is P3's (the network's weight decay in its ImageNet runs: SGD lr 0.1, ~450k
+    steps, so lr * lambda * steps ~ 4.5; a shorter run needs a larger lambda for the same
+    shrinkage of W - B^T, docs/algorithms/backward.md).
 
     Do not also decay these W and B in the optimizer: :meth:`param_groups` puts them in groups
     pinned to ``weight_decay=0`` (:meth:`rule_decayed_parameters`), and the runner hands its
