@@ -27,13 +27,52 @@ Results = dict[tuple[str, str], list[dict[str, Any]]]
 COST_REPEATS = 5
 
 
+HELD, PARTLY, NOT_HELD = "held", "partly held", "did not hold"
+#: the budget cannot test the claim (backprop not converged, too few seeds, runs missing, a
+#: mechanism that needs more steps than the budget has): says nothing about the paper
+NOT_TESTABLE = "not testable at this budget"
+NOT_TESTED = "not tested"
+VERDICTS = (HELD, PARTLY, NOT_HELD, NOT_TESTABLE, NOT_TESTED)
+
+
 @dataclass
 class Claim:
-    """One of the paper's claims, the verdict this run gives it and why (plain words)."""
+    """One of the paper's claims, the verdict this run gives it and why (plain words).
+
+    ``statistic`` is the measured quantity the verdict rests on (e.g. "KP final angle 3.1°"),
+    ``spread`` its spread over seeds (e.g. "± 0.4° over 3 seeds"), ``threshold`` what it was
+    compared with (e.g. "< 15°"); a verdict of :data:`NOT_TESTABLE` says in ``evidence`` which
+    property of the budget prevents the test (:meth:`Context.untestable`)."""
 
     claim: str
-    verdict: str  # "held", "partly held", "did not hold", "not tested"
+    verdict: str  # one of VERDICTS
     evidence: str
+    statistic: str = ""
+    spread: str = ""
+    threshold: str = ""
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"claim verdict {self.verdict!r} is not one of {VERDICTS}")
+
+    def line(self) -> str:
+        """The claim check's Markdown bullet."""
+        measured = []
+        if self.statistic:
+            measured.append(f"statistic: {self.statistic}"
+                            + (f" ({self.spread})" if self.spread else ""))
+        if self.threshold:
+            measured.append(f"threshold: {self.threshold}")
+        detail = f" [{'; '.join(measured)}]" if measured else ""
+        return f"- **{self.verdict}**: {self.claim}{detail} {self.evidence}".rstrip()
+
+
+def verdict_of(n_held: int, n: int) -> str:
+    """held (all ``n`` cases), partly held (some), did not hold (none), or not testable
+    (``n`` = 0: no case the budget can test)."""
+    if n == 0:
+        return NOT_TESTABLE
+    return HELD if n_held == n else (PARTLY if n_held else NOT_HELD)
 
 
 @dataclass
@@ -93,6 +132,35 @@ class Context:
 
     def arms(self, experiment: str) -> list[str]:
         return [a for (e, a) in self.results if e == experiment]
+
+    def reference_target(self, experiment: str) -> float | None:
+        """Backprop's test accuracy (%) at which ``experiment`` counts as trained to
+        convergence (the preset's ``experiments.NAME.reference_accuracy``), or None."""
+        exp = (self.plan.preset.get("experiments") or {}).get(experiment) or {}
+        value = exp.get("reference_accuracy")
+        return None if value is None else float(value)
+
+    def untestable(self, experiment: str, arms: list[str] | tuple[str, ...] = (),
+                   min_seeds: int = 1) -> str | None:
+        """Why this budget cannot test a claim on ``experiment`` (None when it can): a run of
+        ``arms`` (roles or labels; the reference is always checked) missing or not finished,
+        fewer than ``min_seeds`` completed seeds, or backprop's mean test accuracy below the
+        experiment's :meth:`reference_target`."""
+        labels = [self.arm(REFERENCE)] + [self.find_arm(a) or a for a in arms]
+        for label in dict.fromkeys(labels):
+            runs = self.runs(experiment, label)
+            done = [s for s in runs if s.get("status") in ("completed", "diverged")]
+            if len(done) < len(self.plan.seeds) or not runs:
+                return (f"{experiment}/{label}: {len(done)} of {len(self.plan.seeds)} runs "
+                        "finished")
+            if len(completed(runs)) < min_seeds and label == self.arm(REFERENCE):
+                return f"{experiment}/{label}: fewer than {min_seeds} completed seeds"
+        target = self.reference_target(experiment)
+        acc = mean_accuracy(self, experiment, self.arm(REFERENCE))
+        if target is not None and not acc >= target:
+            return (f"{experiment}: backprop reached {acc:.2f} % test accuracy, below the "
+                    f"{target:g} % at which this experiment counts as converged")
+        return None
 
     def find_arm(self, role: str) -> str | None:
         """:meth:`arm`, or None where the preset has no arm for ``role``."""
@@ -322,8 +390,11 @@ def write(ctx: Context, section: Section) -> dict[str, Any]:
         f"budget **{p.budget}**, seeds {p.seeds}.", "",
         "## Claim check", "",
     ]
+    reason = ((p.preset.get("budgets") or {}).get(p.budget) or {}).get("reason")
+    if reason:
+        lines[-2:-2] = [f"Why this budget: {' '.join(str(reason).split())}", ""]
     for c in section.claims:
-        lines.append(f"- **{c.verdict}**: {c.claim} {c.evidence}")
+        lines.append(c.line())
     lines += ["", section.body.rstrip(), "", "## Configuration", "", *_config_lines(ctx), "",
               "## Hardware, versions and wall time", "", *hardware(),
               f"- wall time of this invocation: {wall:.0f} s ({n_runs} training runs, "

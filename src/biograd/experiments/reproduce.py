@@ -5,9 +5,13 @@ A paper's preset (``biograd/papers/presets/PAPER.yaml``, package data) holds the
 architectures and hyper-parameters as ``biograd train`` config keys::
 
     base:        config keys shared by every run
-    budgets:     quick / full -> {seeds: N, config: {...}, settings: {...}}
-    experiments: name -> {config: {...}, quick: {...}, full: {...}, arms: [subset],
-                          only: [budgets it runs in],
+    budgets:     quick / standard / full -> {seeds: N, config: {...}, settings: {...},
+                 reason: why this budget can test the claims (written into the report)}
+    experiments: name -> {config: {...}, quick: {...}, standard: {...}, full: {...},
+                          arms: [subset], only: [budgets it runs in],
+                          reference_accuracy: backprop's test accuracy % at which the
+                          experiment counts as converged (claims on it are "not testable
+                          at this budget" below it),
                           per_arm: {label: {rule_args: {...}, config: {...}}}}
     arms:        label -> {rule: NAME, rule_args: {...}, config: {...}, role: NAME}
                  (``role``: how a paper's report finds the arm, whatever its label; without
@@ -45,11 +49,12 @@ from biograd.runner.train import run_dir_of
 from biograd.runner.validate import check_names
 from biograd.runner.yamlio import parse_scalar, read_yaml
 
-BUDGETS = ("quick", "full")
+BUDGETS = ("quick", "standard", "full")
 _TOP = {"paper", "title", "reference", "claim", "base", "budgets", "experiments", "arms",
         "settings"}
-_BUDGET = {"seeds", "config", "settings"}
-_EXPERIMENT = {"label", "config", "arms", "only", "per_arm", *BUDGETS}
+_BUDGET = {"seeds", "config", "settings", "reason"}
+_EXPERIMENT = {"label", "config", "arms", "only", "per_arm", "reference_accuracy",
+               *BUDGETS}
 _PER_ARM = {"rule_args", "config"}
 _ARM = {"rule", "rule_args", "config", "role"}
 
