@@ -10,6 +10,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,10 @@ class Context:
     out: Path
     started: float
     argv: list[str]
+    #: whether :meth:`measure` computes what is not stored (False: a report from stored
+    #: numbers only)
+    measure_missing: bool = True
+    measured: dict[str, dict[str, Any]] = field(default_factory=dict)
     _costs: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
@@ -105,17 +110,60 @@ class Context:
         """Paired timing blocks per arm of :meth:`step_cost` (the ``cost_repeats`` setting)."""
         return int(self.plan.settings.get("cost_repeats", COST_REPEATS))
 
+    @property
+    def measurements_dir(self) -> Path:
+        """Where measurements that are not training runs are stored: ``RUNS/PAPER/BUDGET/
+        _measurements`` beside the run directories (the results store for ``standard``)."""
+        return Path(self.plan.runs_dir) / self.plan.paper / self.plan.budget / "_measurements"
+
+    def measure(self, name: str, compute: Callable[[], dict[str, Any]], *,
+                key: Any = None) -> dict[str, Any] | None:
+        """A stored measurement: ``_measurements/NAME.json`` when it exists and was made with
+        the same ``key`` (any JSON-able description of what it depends on: settings, arms'
+        configs), else ``compute()`` run now and stored with the hardware it ran on. Returns
+        the measured dict, or None when it is missing and this invocation measures nothing
+        (``measure_missing`` False: the report then says so). Writing a report therefore only
+        reads what an earlier measurement step stored (issue 14, item 5)."""
+        path = self.measurements_dir / f"{name}.json"
+        want = json.loads(json.dumps(_plain(key), default=str))
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            if stored.get("key") == want:
+                self.measured[name] = stored
+                return dict(stored["result"])
+        if not self.measure_missing:
+            return None
+        started = time.perf_counter()
+        result = compute()
+        record = {"name": name, "key": want, "result": _plain(result),
+                  "hardware": hardware_info(),
+                  "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                  "seconds": round(time.perf_counter() - started, 2)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(path)
+        self.measured[name] = record
+        return dict(record["result"])
+
     def step_cost(self, experiment: str, arm: str) -> float:
         """``arm``'s training step over backprop's on the arm's model, batch and optimizer
         (:func:`biograd.experiments.cost_probe.step_cost_ratios`, :attr:`cost_repeats` paired
-        blocks), measured once per experiment when first asked; NaN if it was not measured."""
+        blocks), measured once per experiment and stored (:meth:`measure`, ``cost-EXPERIMENT``);
+        NaN if it was not measured."""
         if experiment not in self._costs:
             first: dict[str, Any] = {}
             for spec in self.plan.runs:
                 if spec.experiment == experiment:
                     first.setdefault(spec.arm, spec.config)
-            self._costs[experiment] = step_cost_ratios(first, self.cost_repeats)
-        return self._costs[experiment].get(arm, float("nan"))
+            key = {"repeats": self.cost_repeats,
+                   "arms": {a: {k: v for k, v in vars(c).items()
+                                if k not in ("out_dir", "run_name", "threads", "seeds")}
+                            for a, c in first.items()}}
+            got = self.measure(f"cost-{experiment}",
+                               lambda: step_cost_ratios(first, self.cost_repeats), key=key)
+            self._costs[experiment] = got or {}
+        return float(self._costs[experiment].get(arm, float("nan")))
 
     @property
     def fig_dir(self) -> Path:
@@ -308,6 +356,29 @@ def learning_curves(ctx: Context, experiment: str, name: str) -> str:
     path, link = ctx.figure(name)
     plot(groups, path, title=f"{experiment} ({ctx.plan.budget} budget)")
     return f"![learning curves, {experiment}]({link})\n"
+
+
+def hardware_info() -> dict[str, Any]:
+    """The machine a measurement runs on (stored with it): CPU, threads, CUDA device if any,
+    library versions."""
+    from biograd import __version__ as version
+
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": _cpu_name(), "logical_cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "cuda": cuda,
+            "python": sys.version.split()[0], "torch": torch.__version__,
+            "biograd": version}
+
+
+def _cpu_name() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return cpu
 
 
 def hardware() -> list[str]:

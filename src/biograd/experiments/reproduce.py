@@ -80,6 +80,7 @@ class Plan:
     runs: list[RunSpec]
     settings: dict[str, Any]
     experiments: dict[str, Config] = field(default_factory=dict)  # arm-free config per exp
+    runs_dir: str = "runs/reproduce"  # root of the run directories (RUNS/PAPER/BUDGET/...)
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +158,8 @@ def plan(preset: dict[str, Any], budget: str, *, seeds: int | None = None,
                           f"blocks of the reports' cost ratios; 0 measures none), got "
                           f"{repeats!r}")
     paper, out = preset["paper"], Path(runs_dir) / preset["paper"] / budget
-    result = Plan(paper, budget, preset, list(range(n_seeds)), [], settings)
+    result = Plan(paper, budget, preset, list(range(n_seeds)), [], settings,
+                  runs_dir=str(runs_dir))
     arms = preset.get("arms") or {}
     for name, exp in (preset.get("experiments") or {}).items():
         if budget not in exp.get("only", BUDGETS):
