@@ -20,6 +20,7 @@ from biograd.papers import PAPERS, load_preset, reproduce
 from biograd.papers.p4_activation_relaxation import relaxation_errors
 from biograd.papers.p5_zil import architectures
 from biograd.runner.config import Config
+from biograd.runner.yamlio import read_yaml
 
 #: a few batches of synthetic MNIST-shaped data for every run of a preset
 TINY = ["dataset=synthetic", "dataset_args.n=48", "dataset_args.input_shape=[1,28,28]",
@@ -42,15 +43,18 @@ def _tiny(paper: str, tmp_path: Path, **kw):
 @pytest.mark.parametrize("paper", PAPERS)
 def test_preset_runs_at_a_tiny_budget(paper: str, tmp_path: Path) -> None:
     summary = _tiny(paper, tmp_path)
-    report = (tmp_path / "out" / f"{paper}.md").read_text()
+    report = (tmp_path / "out" / f"{paper}-quick.md").read_text()  # quick: PAPER-quick.md
+    assert summary["report"] == f"{paper}-quick.md"
     assert "## Claim check" in report and "## Hardware, versions and wall time" in report
-    assert summary["verdicts"] and all(
-        v in ("held", "partly held", "did not hold", "not tested") for v in summary["verdicts"])
+    assert "CUDA used" not in report
+    assert summary["verdicts"] and all(v in ("held", "partly held", "did not hold",
+                                             "not testable at this budget", "not tested")
+                                       for v in summary["verdicts"])
     for link in [line.split("](")[1].rstrip(")\n") for line in report.splitlines()
                  if line.startswith("![")]:
         assert (tmp_path / "out" / link).is_file(), link
-    assert json.loads((tmp_path / "out" / f"{paper}.json").read_text())["paper"] == paper
-    assert f"[{paper}]({paper}.md)" in (tmp_path / "out" / "README.md").read_text()
+    assert json.loads((tmp_path / "out" / f"{paper}-quick.json").read_text())["paper"] == paper
+    assert f"[{paper}]({paper}-quick.md)" in (tmp_path / "out" / "README.md").read_text()
     if paper != "p5-zil":
         assert "failed" not in {s["status"] for s in _summaries(tmp_path)}
     if paper == "p2-ldrl":  # cost ratios measured by the paired step probe, one per experiment
@@ -112,7 +116,7 @@ def test_finished_runs_are_reused_not_redone(tmp_path: Path) -> None:
     _tiny("p3-weight-transport", tmp_path)
     after = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")}
     assert after == before
-    report = (tmp_path / "out" / "p3-weight-transport.md").read_text()
+    report = (tmp_path / "out" / "p3-weight-transport-quick.md").read_text()
     rows = [r for r in report.splitlines() if "| completed |" in r]
     assert len(rows) == 10 and all(r.endswith("| yes |") for r in rows)
     # an interrupted run (checkpoint, no summary) is resumed, not retrained from scratch
@@ -124,11 +128,18 @@ def test_finished_runs_are_reused_not_redone(tmp_path: Path) -> None:
         p: t for p, t in before.items() if p != gone}
 
 
-def test_changed_config_is_an_error_unless_overwrite(tmp_path: Path) -> None:
+def test_changed_config_retrains_and_keeps_the_old_runs(tmp_path: Path, capsys) -> None:
+    """A run whose config changed is stale: moved under .stale/ (nothing lost) and retrained
+    (biograd.experiments.store; tests/test_results_store.py covers the cases)."""
     _tiny("p3-weight-transport", tmp_path)
-    with pytest.raises(ConfigError, match="different config"):
-        reproduce("p3-weight-transport", "quick", out=tmp_path / "out",
-                  runs_dir=tmp_path / "runs", overrides=[*TINY, "lr=0.5"])
+    reproduce("p3-weight-transport", "quick", out=tmp_path / "out",
+              runs_dir=tmp_path / "runs", overrides=[*TINY, "lr=0.5", "settings.cost_repeats=1"])
+    assert "config changed: lr" in capsys.readouterr().err
+    root = tmp_path / "runs" / "p3-weight-transport" / "quick"
+    kept = list((root / ".stale").glob("*/*/summary.json"))
+    assert len(kept) == 10
+    assert {read_yaml(p.parent / "config.yaml")["lr"] for p in kept} == {0.01}
+    assert {read_yaml(p)["lr"] for p in root.glob("*/*/config.yaml")} == {0.5}
 
 
 def test_relaxation_error_contracts_geometrically_at_the_top_layer() -> None:
@@ -169,6 +180,8 @@ def test_p5_architectures_cover_the_papers_list() -> None:
     (["reproduce", "p5-zil", "--settings.repeat=1"], "unknown setting 'repeat'"),
     (["reproduce", "p3-weight-transport", "--settings.cost_repeats=-1"],
      "settings.cost_repeats must be an integer >= 0"),
+    (["reproduce", "p3-weight-transport", "--train-minutes", "-1"],
+     "--train-minutes must be >= 0"),
 ])
 def test_bad_inputs_exit_2(argv: list[str], message: str, tmp_path: Path, monkeypatch,
                            capsys) -> None:
@@ -208,7 +221,7 @@ def test_cli_reproduce_writes_the_report(tmp_path: Path, monkeypatch, capsys) ->
             "--settings.exactness_batch=2", "--settings.cost_batch=2",
             "--settings.architectures=[MLP]"]
     assert main(argv) == 0
-    assert "wrote res/p5-zil.md" in capsys.readouterr().out
-    report = (tmp_path / "res" / "p5-zil.md").read_text()
+    assert "wrote res/p5-zil-quick.md" in capsys.readouterr().out
+    report = (tmp_path / "res" / "p5-zil-quick.md").read_text()
     assert "biograd reproduce p5-zil --out res --settings.repeats=1" in report
     assert "| MLP |" in report

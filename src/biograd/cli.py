@@ -2,8 +2,8 @@
 
     biograd train   [--config F] [--resume DIR] [--overwrite] [--key=value ...]
     biograd compare [--config F] [--overwrite] [--jobs N] [--key=value ...]
-    biograd reproduce PAPER [--budget quick|full] [--seeds N] [--out DIR] [--jobs N]
-                      [--key=value ...]
+    biograd reproduce PAPER [--budget quick|standard|full] [--seeds N] [--out DIR] [--jobs N]
+                      [--no-train] [--train-minutes M] [--key=value ...]
     biograd rules
     biograd data list
     biograd data fetch NAME... [--data-dir D] [--force] [--from DIR]
@@ -45,14 +45,23 @@ def _parser() -> argparse.ArgumentParser:
                          help="reproduce a defining paper's experiments and write its report")
     rep.add_argument("paper", help="p1-lra, p2-ldrl, p3-weight-transport, "
                                    "p4-activation-relaxation or p5-zil")
-    rep.add_argument("--budget", default="quick", help="quick (minutes on a CPU) or full")
+    rep.add_argument("--budget", default="quick",
+                     help="quick (minutes on a CPU), standard (committed results store) or full")
     rep.add_argument("--seeds", type=int, default=None, help="number of seeds (default: preset)")
     rep.add_argument("--out", default="docs/results", help="report folder (docs/results)")
-    rep.add_argument("--runs", default="runs/reproduce", help="run directories' root")
+    rep.add_argument("--runs", default=None,
+                     help="run directories' root (default: results for --budget standard, "
+                          "runs/reproduce otherwise)")
     rep.add_argument("--preset", default=None,
                      help="preset YAML (default: the one shipped in biograd/papers/presets/)")
     rep.add_argument("--overwrite", action="store_true", help="retrain, replacing old runs")
     rep.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
+    rep.add_argument("--no-train", dest="train", action="store_false",
+                     help="write the report from the stored runs and measurements only: train "
+                          "and measure nothing, list the missing runs")
+    rep.add_argument("--train-minutes", type=float, default=None, metavar="M",
+                     help="start no run or measurement after M minutes, then write the report "
+                          "from what exists (a budget larger than one session accumulates)")
     sub.add_parser("rules", help="list the registered learning rules")
     data = sub.add_parser("data", help="list or fetch datasets")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -119,8 +128,12 @@ def _cmd_reproduce(args: argparse.Namespace, overrides: list[str], argv: list[st
 
     summary = reproduce(args.paper, args.budget, seeds=args.seeds, out=args.out,
                         runs_dir=args.runs, overrides=overrides, preset=args.preset,
-                        overwrite=args.overwrite, argv=argv, jobs=args.jobs)
-    print(f"wrote {Path(args.out) / (args.paper + '.md')}: {', '.join(summary['verdicts'])}")
+                        overwrite=args.overwrite, argv=argv, jobs=args.jobs, train=args.train,
+                        train_minutes=args.train_minutes)
+    missing = (f" ({summary['missing']} of {summary['runs']} runs missing)"
+               if summary.get("missing") else "")
+    print(f"wrote {Path(args.out) / summary['report']}: {', '.join(summary['verdicts'])}"
+          f"{missing}")
     return 0
 
 

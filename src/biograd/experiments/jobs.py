@@ -15,11 +15,12 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 from biograd import rundir
 from biograd.core.errors import ConfigError
+from biograd.experiments import store
 from biograd.experiments.cost_probe import rule_on_first_batch
 from biograd.metrics.cost import training_step
 from biograd.runner.config import Config, same_config
@@ -54,28 +55,37 @@ def dry_build(sub: Config, warm_up_steps: int = 0) -> None:
             step()
 
 
-def run_one(sub: Config) -> dict[str, Any]:
+def run_one(sub: Config, record: bool = False) -> dict[str, Any]:
     """Train one run, or reuse it: a finished run's summary is returned as it is (marked
-    ``reused``), a started one resumes from its checkpoint (or restarts if it has none)."""
+    ``reused``), a started one resumes from its checkpoint (or restarts if it has none).
+    ``record``: write the run's ``fingerprint.json`` (:mod:`biograd.experiments.store`) when it
+    finishes here, or when a finished run without one is reused (adopted)."""
     out = run_dir_of(sub)
     if out.exists():
         summary_path = out / rundir.SUMMARY
         if summary_path.is_file():
             summary = rundir.read_json(summary_path)
             if summary.get("status") in FINISHED:
+                if record and not (out / store.FINGERPRINT).is_file():
+                    store.write_fingerprint(out, sub, summary, adopted=True)
                 return {**summary, "reused": True}
         if (out / rundir.CHECKPOINT).is_file():
-            return train(sub, resume=True)
-        return train(sub, overwrite=True)  # started but nothing to resume from
-    return train(sub)
+            summary = train(sub, resume=True)
+        else:
+            summary = train(sub, overwrite=True)  # started but nothing to resume from
+    else:
+        summary = train(sub)
+    if record and summary.get("status") in FINISHED:
+        store.write_fingerprint(out, sub, summary)
+    return summary
 
 
-def _run_safely(sub: Config) -> tuple[dict[str, Any], float]:
+def _run_safely(sub: Config, record: bool = False) -> tuple[dict[str, Any], float]:
     """:func:`run_one` and its wall seconds; any error but a ConfigError becomes a ``failed``
     summary (also written into the run directory) so one broken rule does not sink the grid."""
     t0 = time.perf_counter()
     try:
-        summary = run_one(sub)
+        summary = run_one(sub, record)
     except ConfigError:
         raise
     except Exception as exc:
@@ -91,13 +101,28 @@ def _worker_init(jobs: int) -> None:
     os.environ[JOBS_ENV] = str(jobs)
 
 
+#: the summary of a run that was not started (``run_all``'s ``may_start`` said no)
+NOT_STARTED = "missing"
+
+
+def is_finished(sub: Config) -> bool:
+    """Whether the run of ``sub`` has a finished summary (reusing it trains nothing)."""
+    path = run_dir_of(sub) / rundir.SUMMARY
+    return path.is_file() and rundir.read_json(path).get("status") in FINISHED
+
+
 def run_all(subs: list[Config], jobs: int = 1,
-            announce: Callable[[int], str] | None = None,
+            announce: Callable[[int], str] | None = None, *,
+            may_start: Callable[[], bool] | None = None, record: bool = False,
             ) -> list[tuple[dict[str, Any], float]]:
     """Train every config of ``subs`` (see :func:`run_one`); returns ``(summary, wall
     seconds)`` in the order of ``subs``. ``jobs > 1``: that many spawned worker processes,
     each run in one of them. ``announce(i)`` is printed on stderr when run ``i`` starts (is
-    submitted, with jobs). A ConfigError in any run is raised here."""
+    submitted, with jobs). A ConfigError in any run is raised here.
+
+    ``may_start()`` is asked before each run that would train (finished runs are always
+    reused): when it says no, the run is not started and its summary is ``{"status":
+    "missing"}``. ``record``: runs write their ``fingerprint.json`` (:func:`run_one`)."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
 
@@ -105,17 +130,36 @@ def run_all(subs: list[Config], jobs: int = 1,
         if announce is not None:
             print(announce(i), file=sys.stderr, flush=True)
 
+    def allowed(i: int) -> bool:
+        return may_start is None or is_finished(subs[i]) or may_start()
+
+    def missing(sub: Config) -> tuple[dict[str, Any], float]:
+        return {"status": NOT_STARTED, "rule": sub.rule, "seed": sub.seed}, 0.0
+
     if jobs == 1 or len(subs) <= 1:
         out = []
         for i, sub in enumerate(subs):
+            if not allowed(i):
+                out.append(missing(sub))
+                continue
             say(i)
-            out.append(_run_safely(sub))
+            out.append(_run_safely(sub, record))
         return out
     ctx = multiprocessing.get_context("spawn")
+    results: dict[int, tuple[dict[str, Any], float]] = {}
     with ProcessPoolExecutor(max_workers=min(jobs, len(subs)), mp_context=ctx,
                              initializer=_worker_init, initargs=(jobs,)) as pool:
-        futures = []
+        running: dict[Future, int] = {}
         for i, sub in enumerate(subs):
+            while len(running) >= jobs:  # submit as workers free up, so may_start is timely
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    results[running.pop(f)] = f.result()
+            if not allowed(i):
+                results[i] = missing(sub)
+                continue
             say(i)
-            futures.append(pool.submit(_run_safely, sub))
-        return [f.result() for f in futures]
+            running[pool.submit(_run_safely, sub, record)] = i
+        for f, i in running.items():
+            results[i] = f.result()
+    return [results[i] for i in range(len(subs))]

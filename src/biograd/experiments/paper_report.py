@@ -1,6 +1,6 @@
 """Shared pieces of the reproduction reports (``biograd reproduce``): the context a paper's
 module reads, table and plot helpers, and the writer of ``OUT/PAPER.md``, ``OUT/PAPER.json``
-and the cross-paper ``OUT/README.md``."""
+and the cross-paper ``OUT/README.md`` (file layout: :mod:`biograd.experiments.summary`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ import torch
 from biograd.core.errors import ConfigError
 from biograd.core.registry import REFERENCE_RULE
 from biograd.experiments.cost_probe import step_cost_ratios
+from biograd.experiments.store import short
+from biograd.experiments.summary import refresh, report_stem, settle_reports
 from biograd.rundir import ALIGNMENT, read_rows
 
 Results = dict[tuple[str, str], list[dict[str, Any]]]
@@ -102,6 +104,9 @@ class Context:
     #: whether :meth:`measure` computes what is not stored (False: a report from stored
     #: numbers only)
     measure_missing: bool = True
+    #: ``time.perf_counter()`` after which :meth:`measure` computes nothing new (None: no limit;
+    #: ``--train-minutes``)
+    measure_until: float | None = None
     measured: dict[str, dict[str, Any]] = field(default_factory=dict)
     _costs: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -116,27 +121,49 @@ class Context:
         _measurements`` beside the run directories (the results store for ``standard``)."""
         return Path(self.plan.runs_dir) / self.plan.paper / self.plan.budget / "_measurements"
 
+    def _may_measure(self) -> bool:
+        return self.measure_missing and (self.measure_until is None
+                                         or time.perf_counter() < self.measure_until)
+
     def measure(self, name: str, compute: Callable[[], dict[str, Any]], *,
-                key: Any = None) -> dict[str, Any] | None:
+                key: Any = None, rules: list[str] | tuple[str, ...] = ()
+                ) -> dict[str, Any] | None:
         """A stored measurement: ``_measurements/NAME.json`` when it exists and was made with
         the same ``key`` (any JSON-able description of what it depends on: settings, arms'
-        configs), else ``compute()`` run now and stored with the hardware it ran on. Returns
-        the measured dict, or None when it is missing and this invocation measures nothing
-        (``measure_missing`` False: the report then says so). Writing a report therefore only
-        reads what an earlier measurement step stored (issue 14, item 5)."""
+        configs) and the same code of ``rules`` (rule names whose code fingerprint,
+        :func:`biograd.experiments.store.code_files`, enters the stored key), else
+        ``compute()`` run now and stored with the hardware it ran on. Returns the measured
+        dict, or None when it is missing and this invocation measures nothing
+        (``measure_missing`` False, or ``measure_until`` passed: the report then says so).
+        Writing a report therefore only reads what an earlier measurement step stored
+        (issue 14, item 5)."""
+        from biograd.experiments import store
+
         path = self.measurements_dir / f"{name}.json"
         want = json.loads(json.dumps(_plain(key), default=str))
+        files = {r: store.code_files(r) for r in dict.fromkeys(rules)}
+        code = {r: store.code_hash(f) for r, f in files.items()}
         if path.is_file():
             stored = json.loads(path.read_text())
-            if stored.get("key") == want:
+            old_code = stored.get("code") or {}
+            if stored.get("key") == want and old_code == code:
                 self.measured[name] = stored
                 return dict(stored["result"])
-        if not self.measure_missing:
+            why = ["its key changed"] if stored.get("key") != want else []
+            for rule in code:
+                changed = store.changed_files(
+                    (stored.get("code_files") or {}).get(rule) or {}, files[rule])
+                if old_code.get(rule) != code[rule]:
+                    why.append(f"code of {rule} changed: {', '.join(changed) or 'unknown'}")
+            why += [f"rule {r} no longer measured" for r in old_code if r not in code]
+            print(f"[reproduce {self.plan.paper}] stored measurement {name} is stale "
+                  f"({'; '.join(why)})", file=sys.stderr, flush=True)
+        if not self._may_measure():
             return None
         started = time.perf_counter()
         result = compute()
-        record = {"name": name, "key": want, "result": _plain(result),
-                  "hardware": hardware_info(),
+        record = {"name": name, "key": want, "code": code, "code_files": files,
+                  "result": _plain(result), "hardware": hardware_info(),
                   "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                   "seconds": round(time.perf_counter() - started, 2)}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,8 +176,8 @@ class Context:
     def step_cost(self, experiment: str, arm: str) -> float:
         """``arm``'s training step over backprop's on the arm's model, batch and optimizer
         (:func:`biograd.experiments.cost_probe.step_cost_ratios`, :attr:`cost_repeats` paired
-        blocks), measured once per experiment and stored (:meth:`measure`, ``cost-EXPERIMENT``);
-        NaN if it was not measured."""
+        blocks), measured once per experiment and stored (:meth:`measure`, ``cost-EXPERIMENT``,
+        keyed by the arms' configs and their rules' code); NaN if it was not measured."""
         if experiment not in self._costs:
             first: dict[str, Any] = {}
             for spec in self.plan.runs:
@@ -161,19 +188,26 @@ class Context:
                                 if k not in ("out_dir", "run_name", "threads", "seeds")}
                             for a, c in first.items()}}
             got = self.measure(f"cost-{experiment}",
-                               lambda: step_cost_ratios(first, self.cost_repeats), key=key)
+                               lambda: step_cost_ratios(first, self.cost_repeats), key=key,
+                               rules=sorted({c.rule for c in first.values()}))
             self._costs[experiment] = got or {}
         return float(self._costs[experiment].get(arm, float("nan")))
 
     @property
+    def report_stem(self) -> str:
+        """The report's file name without suffix (:func:`report_stem`)."""
+        return report_stem(self.plan.paper, self.plan.budget)
+
+    @property
     def fig_dir(self) -> Path:
-        path = self.out / self.plan.paper
+        """The report's figures: ``OUT/STEM/`` beside ``OUT/STEM.md``."""
+        path = self.out / self.report_stem
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def figure(self, name: str) -> tuple[Path, str]:
         """(file path, Markdown link relative to the report) of figure ``name``."""
-        return self.fig_dir / name, f"{self.plan.paper}/{name}"
+        return self.fig_dir / name, f"{self.report_stem}/{name}"
 
     def runs(self, experiment: str, arm: str) -> list[dict[str, Any]]:
         return self.results.get((experiment, arm), [])
@@ -364,13 +398,14 @@ def hardware_info() -> dict[str, Any]:
     from biograd import __version__ as version
 
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": _cpu_name(), "logical_cpus": os.cpu_count(),
+    return {"cpu": cpu_name(), "logical_cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "cuda": cuda,
             "python": sys.version.split()[0], "torch": torch.__version__,
             "biograd": version}
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
     cpu = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -381,25 +416,59 @@ def _cpu_name() -> str:
     return cpu
 
 
-def hardware() -> list[str]:
-    """Lines describing the machine and the library versions."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def _run_machine(s: dict[str, Any]) -> str:
+    """Where one run was trained, from its fingerprint (or summary): device, threads, CPU."""
+    hw = s.get("hardware") or {}
+    device = hw.get("device") or s.get("device") or "device not recorded"
+    threads = hw.get("threads", s.get("threads"))
+    text = str(device)
+    if str(device).startswith("cuda"):
+        cuda = hw.get("cuda")
+        text += f" ({cuda if cuda and cuda != 'not recorded' else 'GPU name not recorded'})"
+    if isinstance(threads, int):
+        text += f", {threads} torch thread{'s' * (threads != 1)}"
+    else:
+        text += ", threads not recorded"
+    cpu = hw.get("cpu")
+    return text + (f", CPU {cpu}" if cpu and cpu != "not recorded" else ", CPU not recorded")
+
+
+def _measure_machine(record: dict[str, Any]) -> str:
+    hw = record.get("hardware") or {}
+    cuda = hw.get("cuda")
+    threads = hw.get("torch_threads", "?")
+    return (f"{hw.get('cpu', 'CPU not recorded')}, {threads} torch thread"
+            f"{'s' * (threads != 1)}, {'CUDA ' + cuda if cuda else 'no CUDA device'}")
+
+
+def _counted(items: list[str], what: str = "runs") -> str:
+    return "; ".join(f"{k} ({items.count(k)} {what})" for k in dict.fromkeys(items))
+
+
+def hardware(ctx: Context) -> list[str]:
+    """What the report's numbers were produced on (issue 14 item 5): each run's device,
+    threads and CPU/GPU as recorded when it was trained, each stored measurement's machine,
+    the code versions of the runs, and the machine and versions that wrote this report."""
+    runs = [s for r in ctx.results.values() for s in r if s.get("status") != "missing"]
+    lines = [f"- training runs on: {_counted([_run_machine(s) for s in runs]) or 'none'}"]
+    commits = [str(s.get("git_commit") or "not recorded")[:10] for s in runs]
+    if runs:
+        lines.append(f"- runs trained at git commit: {_counted(commits)}")
+    by_machine: dict[str, list[str]] = {}
+    for name, record in sorted(ctx.measured.items()):
+        by_machine.setdefault(_measure_machine(record), []).append(
+            f"{name} ({record.get('measured_at', 'time not recorded')})")
+    for machine, names in by_machine.items():
+        lines.append(f"- measurements {', '.join(names)}: {machine}")
+    if not ctx.measured:
+        lines.append("- measurements: none read or made")
     from biograd import __version__ as version
 
-    return [
-        f"- machine: {cpu}, {os.cpu_count()} logical CPUs (shared), {platform.platform()}",
-        f"- torch threads: {torch.get_num_threads()} (OMP_NUM_THREADS="
-        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}); CUDA used: no",
-        f"- python {sys.version.split()[0]}, torch {torch.__version__}, numpy {np.__version__}, "
-        f"biograd {version}",
-    ]
+    lines.append(
+        f"- report written on {cpu_name()} ({os.cpu_count()} logical CPUs, "
+        f"{platform.platform()}) with python {sys.version.split()[0]}, torch "
+        f"{torch.__version__}, numpy {np.__version__}, biograd {version}")
+    return lines
 
 
 def _config_lines(ctx: Context) -> list[str]:
@@ -429,30 +498,55 @@ def _config_lines(ctx: Context) -> list[str]:
 
 def _runs_lines(ctx: Context) -> list[str]:
     lines = ["| experiment | arm | seed | status | epochs | steps | train s | wall s | "
-             "test acc % | reused |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- "
-             "| --- |"]
+             "test acc % | trained on | code | reused |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (exp, arm), runs in ctx.results.items():
         for s in runs:
+            if s.get("status") == "missing":
+                lines.append(f"| {exp} | {arm} | {s.get('seed')} | missing | - | - | - | - | - "
+                             f"| - | - | - |")
+                continue
             secs = s.get("seconds_per_epoch")
             train_s = (f"{secs * s.get('epochs_completed', 0):.1f}" if num(secs) else "-")
             acc = f"{100 * s['test_acc']:.2f}" if num(s.get("test_acc")) else "-"
+            hw = s.get("hardware") or {}
+            device = hw.get("device") or s.get("device") or "not recorded"
             lines.append(f"| {exp} | {arm} | {s.get('seed')} | {s.get('status')} | "
                          f"{s.get('epochs_completed', '-')} | {s.get('steps', '-')} | {train_s} |"
                          f" {fmt(s.get('wall_seconds') or float('nan'), '.1f')} | {acc} | "
+                         f"{device} | {short(s.get('code_hash'))} | "
                          f"{'yes' if s.get('reused') else 'no'} |")
     return lines
 
 
+def _missing_lines(ctx: Context) -> list[str]:
+    gone = [(e, a, s) for (e, a), runs in ctx.results.items() for s in runs
+            if s.get("status") == "missing"]
+    if not gone:
+        return []
+    lines = ["## Missing runs", "", f"{len(gone)} runs of this budget are not in the store "
+             "yet; the claims that need them are not testable at this budget until they are "
+             "trained (`biograd reproduce` without `--no-train`, or with a larger "
+             "`--train-minutes`).", ""]
+    lines += [f"- {e} / {a} seed {s.get('seed')}: {s.get('reason', 'missing')}"
+              for e, a, s in gone]
+    return lines + [""]
+
+
 def write(ctx: Context, section: Section) -> dict[str, Any]:
-    """Write ``OUT/PAPER.md`` and ``OUT/PAPER.json``, refresh ``OUT/README.md``."""
+    """Write ``OUT/STEM.md`` and ``OUT/STEM.json`` (:func:`report_stem`: ``PAPER`` for the
+    standard budget, ``PAPER-BUDGET`` otherwise), refresh ``OUT/README.md`` and, when OUT is
+    the repository's docs/results, the README's summary table
+    (:func:`biograd.experiments.summary.refresh`)."""
     p, preset = ctx.plan, ctx.plan.preset
     wall = time.perf_counter() - ctx.started
+    every = [s for runs in ctx.results.values() for s in runs]
+    here = [s for s in every if s.get("status") != "missing"]
     train_s = sum(s.get("seconds_per_epoch", 0) * s.get("epochs_completed", 0)
-                  for runs in ctx.results.values() for s in runs
-                  if num(s.get("seconds_per_epoch")))
-    run_wall = sum(s.get("wall_seconds") or 0 for runs in ctx.results.values() for s in runs)
-    reused = sum(bool(s.get("reused")) for runs in ctx.results.values() for s in runs)
-    n_runs = sum(len(r) for r in ctx.results.values())
+                  for s in here if num(s.get("seconds_per_epoch")))
+    run_wall = sum(s.get("wall_seconds") or 0 for s in here)
+    reused = sum(bool(s.get("reused")) for s in here)
+    n_missing = len(every) - len(here)
     cmd = "biograd reproduce " + " ".join(ctx.argv or [p.paper, "--budget", p.budget])
     lines = [
         f"# {p.paper}: {preset.get('title', '')}", "", f"Paper: {preset.get('reference', '')}",
@@ -464,14 +558,17 @@ def write(ctx: Context, section: Section) -> dict[str, Any]:
     reason = ((p.preset.get("budgets") or {}).get(p.budget) or {}).get("reason")
     if reason:
         lines[-2:-2] = [f"Why this budget: {' '.join(str(reason).split())}", ""]
+    if n_missing:
+        lines[-2:-2] = [f"{n_missing} of {len(every)} runs are missing (listed under "
+                        "Missing runs): claims that need them are not testable yet.", ""]
     for c in section.claims:
         lines.append(c.line())
     lines += ["", section.body.rstrip(), "", "## Configuration", "", *_config_lines(ctx), "",
-              "## Hardware, versions and wall time", "", *hardware(),
-              f"- wall time of this invocation: {wall:.0f} s ({n_runs} training runs, "
-              f"{reused} reused from an earlier invocation); wall time of all runs when they "
-              f"were trained (with evaluation and angle logging): {run_wall:.0f} s, of which "
-              f"{train_s:.0f} s training steps", ""]
+              "## Hardware, versions and wall time", "", *hardware(ctx),
+              f"- wall time of this invocation: {wall:.0f} s ({len(here)} training runs, "
+              f"{reused} reused from an earlier invocation, {n_missing} missing); wall time "
+              f"of all runs when they were trained (with evaluation and angle logging): "
+              f"{run_wall:.0f} s, of which {train_s:.0f} s training steps", ""]
     bad = [(e, a, s) for (e, a), runs in ctx.results.items() for s in runs
            if s.get("status") in ("diverged", "failed")]
     if bad:
@@ -482,12 +579,15 @@ def write(ctx: Context, section: Section) -> dict[str, Any]:
             lines.append(f"- {e} / {a} seed {s.get('seed')}: {s.get('status')}"
                          + (f" at step {at}" if at else "") + f": {why}")
         lines.append("")
+    lines += _missing_lines(ctx)
     if ctx.results:
-        lines += ["## Runs", "", "Run directories: `" + str(
-            Path(next(iter(ctx.results.values()))[0].get("run_dir", "")).parent.parent)
-            + "/EXPERIMENT/ARM-sSEED`.", "", *_runs_lines(ctx), ""]
+        root = Path(p.runs_dir) / p.paper / p.budget
+        lines += ["## Runs", "", f"Run directories: `{root.as_posix()}/EXPERIMENT/ARM-sSEED`; "
+                  "code: the rule's code fingerprint (fingerprint.json, "
+                  "biograd.experiments.store).", "", *_runs_lines(ctx), ""]
     ctx.out.mkdir(parents=True, exist_ok=True)
-    (ctx.out / f"{p.paper}.md").write_text("\n".join(lines))
+    settle_reports(ctx.out, p.paper)
+    (ctx.out / f"{ctx.report_stem}.md").write_text("\n".join(lines))
     verdicts = [c.verdict for c in section.claims]
     summary = {"paper": p.paper, "title": preset.get("title", ""), "budget": p.budget,
                "seeds": len(p.seeds), "claim": preset.get("claim", ""),
@@ -495,9 +595,11 @@ def write(ctx: Context, section: Section) -> dict[str, Any]:
                # with reused runs, this invocation's wall time understates the work: report
                # the runs' own wall time when they were trained (wall_seconds.json)
                "wall_seconds": round(max(wall, run_wall) if reused else wall, 1),
-               **section.extra}
-    (ctx.out / f"{p.paper}.json").write_text(json.dumps(_plain(summary), indent=2) + "\n")
-    write_readme(ctx.out)
+               "runs": len(every), "missing": n_missing,
+               "report": f"{ctx.report_stem}.md", **section.extra}
+    (ctx.out / f"{ctx.report_stem}.json").write_text(
+        json.dumps(_plain(summary), indent=2) + "\n")
+    refresh(ctx.out)
     return summary
 
 
@@ -510,35 +612,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def write_readme(out: Path) -> Path:
-    """The one-screen cross-paper table from every ``OUT/*.json`` report summary."""
-    rows = []
-    for path in sorted(out.glob("p*.json")):
-        s = json.loads(path.read_text())
-        if "paper" not in s:
-            continue
-        verdict = " · ".join(s.get("verdicts", [])) or "-"
-        rows.append(f"| [{s['paper']}]({s['paper']}.md) | {s['title']} | {s['budget']} "
-                    f"({s['seeds']} seed{'s' * (s['seeds'] > 1)}, {s['wall_seconds']:.0f} s) | "
-                    f"{verdict} | {s['key_numbers']} |")
-    text = "\n".join([
-        "# Reproductions of the five defining papers", "",
-        "Each report is regenerated by `biograd reproduce PAPER --budget quick|full` "
-        "(docs/usage.md). Quick budgets are minutes on a 2-core CPU (small subsets, few "
-        "epochs, one seed): they check the mechanics and the direction of each claim, not the "
-        "papers' final numbers. Verdicts per claim are in each report.", "",
-        "```bash",
-        "biograd reproduce p1-lra --budget quick          # or full: the paper's protocol",
-        "biograd reproduce p3-weight-transport --seeds 3  # more seeds",
-        "biograd reproduce p4-activation-relaxation --out /tmp/r --epochs=5  # any config key",
-        "```", "",
-        "Presets: `src/biograd/papers/presets/PAPER.yaml`. Run directories go to "
-        "`runs/reproduce/PAPER/BUDGET/` (`--runs DIR`); finished runs are reused and "
-        "interrupted ones resumed when the command is run again (`--overwrite` retrains).", "",
-        "| paper | what | budget | verdict per claim (in the report's order) | key numbers |",
-        "| --- | --- | --- | --- | --- |", *rows, ""])
-    path = out / "README.md"
-    path.write_text(text)
-    return path

@@ -37,12 +37,15 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from biograd.core.errors import ConfigError, unknown_name
-from biograd.experiments.jobs import check_reusable, dry_build, run_all
+from biograd.experiments import store
+from biograd.experiments.jobs import NOT_STARTED, dry_build, is_finished, run_all
 from biograd.experiments.paper_report import COST_REPEATS
 from biograd.runner.config import Config, apply_override, from_dict
 from biograd.runner.train import run_dir_of
@@ -50,6 +53,9 @@ from biograd.runner.validate import check_names
 from biograd.runner.yamlio import parse_scalar, read_yaml
 
 BUDGETS = ("quick", "standard", "full")
+#: the results store: where ``standard`` runs are kept and committed (relative to the folder
+#: ``biograd reproduce`` runs in, the repository root)
+STORE = "results"
 _TOP = {"paper", "title", "reference", "claim", "base", "budgets", "experiments", "arms",
         "settings"}
 _BUDGET = {"seeds", "config", "settings", "reason"}
@@ -204,32 +210,103 @@ def _resolve(data: dict[str, Any], overrides: list[str], fixed: dict[str, Any]) 
     return from_dict({**data, **fixed})
 
 
-def run_plan(p: Plan, *, overwrite: bool = False, jobs: int = 1,
+def runs_root(p: Plan) -> Path:
+    """``RUNS/PAPER/BUDGET``: the folder of ``p``'s run directories."""
+    return Path(p.runs_dir) / p.paper / p.budget
+
+
+def default_runs_dir(budget: str) -> str:
+    """Where ``budget``'s runs go when no ``--runs`` is given: the results store
+    (:data:`STORE`, committed) for ``standard``, ``runs/reproduce`` (git-ignored) otherwise."""
+    return STORE if budget == "standard" else "runs/reproduce"
+
+
+def _label(spec: RunSpec) -> str:
+    return f"{spec.experiment}/{spec.arm}-s{spec.seed}"
+
+
+def _set_aside_stale(p: Plan, train: bool) -> dict[int, str]:
+    """Check every stored run of ``p`` against its fingerprint
+    (:func:`biograd.experiments.store.stale_reasons`): a stale one is moved to
+    ``.stale/`` (to be retrained) or, when this invocation trains nothing, left where it is
+    and reported missing. Returns ``{run index: why}`` of the stale runs left in place."""
+    left: dict[int, str] = {}
+    for i, spec in enumerate(p.runs):
+        where = run_dir_of(spec.config)
+        if not where.is_dir():
+            continue
+        why = store.stale_reasons(where, spec.config)
+        if not why:
+            continue
+        if train:
+            dest = store.move_stale(where, runs_root(p))
+            print(f"[reproduce {p.paper}] stale run {_label(spec)} ({'; '.join(why)}): "
+                  f"moved to {dest}, retraining it", file=sys.stderr, flush=True)
+        else:
+            left[i] = f"stale ({'; '.join(why)})"
+            print(f"[reproduce {p.paper}] stale run {_label(spec)} ({'; '.join(why)}): "
+                  "not used (--no-train)", file=sys.stderr, flush=True)
+    return left
+
+
+def run_plan(p: Plan, *, overwrite: bool = False, jobs: int = 1, train: bool = True,
+             train_minutes: float | None = None, started: float | None = None,
              ) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Train every run of ``p`` (reusing finished runs, resuming interrupted ones), ``jobs``
-    at a time in parallel processes (:func:`biograd.experiments.jobs.run_all`)."""
+    """Train every run of ``p`` (reusing finished runs, resuming interrupted ones, retraining
+    stale ones: :mod:`biograd.experiments.store`), ``jobs`` at a time in parallel processes
+    (:func:`biograd.experiments.jobs.run_all`). ``train=False`` trains nothing and
+    ``train_minutes`` starts no run after that many minutes since ``started`` (a
+    ``time.perf_counter()`` value; default now): runs not trained are in the results with
+    status ``missing`` and the reason, and listed on stderr."""
     for spec in p.runs:
         check_names(spec.config)
-    if overwrite:
+    if train_minutes is not None and train_minutes < 0:
+        raise ConfigError(f"--train-minutes must be >= 0, got {train_minutes}")
+    if overwrite and train:
         for d in {Path(s.config.out_dir) for s in p.runs}:
             shutil.rmtree(d, ignore_errors=True)
-    for spec in p.runs:
-        check_reusable(spec.config)
-    todo = [s for s in p.runs if not (run_dir_of(s.config) / "summary.json").is_file()]
-    if todo:  # one-time costs out of the first timed run (as compare does)
+    stale = _set_aside_stale(p, train)
+    deadline = None
+    if train_minutes is not None:
+        deadline = (time.perf_counter() if started is None else started) + 60 * train_minutes
+
+    def may_start() -> bool:
+        return train and (deadline is None or time.perf_counter() < deadline)
+
+    todo = [s for s in p.runs if not is_finished(s.config)]
+    if todo and may_start():  # one-time costs out of the first timed run (as compare does)
         dry_build(todo[0].config, warm_up_steps=10 if jobs == 1 else 0)
-    done = run_all([s.config for s in p.runs], jobs, lambda i: (
-        f"[reproduce {p.paper}] {i + 1}/{len(p.runs)} {p.runs[i].experiment} "
-        f"{p.runs[i].arm} seed {p.runs[i].seed}"))
+    live = [i for i in range(len(p.runs)) if i not in stale]
+    done = run_all([p.runs[i].config for i in live], jobs, lambda k: (
+        f"[reproduce {p.paper}] {live[k] + 1}/{len(p.runs)} {p.runs[live[k]].experiment} "
+        f"{p.runs[live[k]].arm} seed {p.runs[live[k]].seed}"),
+        may_start=None if train and deadline is None else may_start, record=train)
+    summaries = dict(zip(live, done, strict=True))
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     walls = _WallLog(p)
-    for spec, (summary, seconds) in zip(p.runs, done, strict=True):
-        key = f"{spec.experiment}/{spec.arm}-s{spec.seed}"
+    missing = []
+    for i, spec in enumerate(p.runs):
+        key = _label(spec)
+        summary, seconds = summaries.get(i, ({"status": NOT_STARTED}, 0.0))
+        info = {"arm": spec.arm, "experiment": spec.experiment, "seed": spec.seed}
+        if summary.get("status") == NOT_STARTED or i in stale:
+            why = stale.get(i) or ("not trained (--no-train)" if not train else
+                                   "not started (--train-minutes reached)")
+            results.setdefault((spec.experiment, spec.arm), []).append(
+                {"rule": spec.config.rule, **info, "status": NOT_STARTED, "reason": why})
+            missing.append(f"{key}: {why}")
+            continue
         if not summary.get("reused"):
             walls.record(key, seconds)
-        summary = {**summary, "arm": spec.arm, "experiment": spec.experiment,
-                   "run_dir": str(run_dir_of(spec.config)), "wall_seconds": walls.get(key)}
+        where = run_dir_of(spec.config)
+        print_ = store.read_fingerprint(where) or {}
+        summary = {**summary, **info, "run_dir": str(where), "wall_seconds": walls.get(key),
+                   "code_hash": print_.get("code_hash"), "hardware": print_.get("hardware"),
+                   "git_commit": print_.get("git_commit")}
         results.setdefault((spec.experiment, spec.arm), []).append(summary)
+    if missing:
+        print(f"[reproduce {p.paper}] {len(missing)} of {len(p.runs)} runs missing from the "
+              "report:\n  " + "\n  ".join(missing), file=sys.stderr, flush=True)
     return results
 
 

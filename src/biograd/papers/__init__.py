@@ -3,8 +3,8 @@ and ``presets/PAPER.yaml`` (package data, so an installed biograd finds them fro
 its architectures and hyper-parameters in the grid format of
 :mod:`biograd.experiments.reproduce`.
 
-``reproduce(paper, budget)`` trains the preset's runs and writes the paper's report
-(``biograd reproduce PAPER``).
+``reproduce(paper, budget)`` trains the preset's runs (or reuses them from the results store)
+and writes the paper's report (``biograd reproduce PAPER``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from biograd.core.errors import unknown_name
 from biograd.experiments import paper_report
 from biograd.experiments import reproduce as grid
+from biograd.experiments.summary import settle_reports
 
 #: paper name -> its module in this package
 MODULES = {
@@ -43,17 +44,30 @@ def load_preset(paper: str, path: str | Path | None = None) -> dict[str, Any]:
 
 
 def reproduce(paper: str, budget: str = "quick", *, seeds: int | None = None,
-              out: str | Path = "docs/results", runs_dir: str | Path = "runs/reproduce",
+              out: str | Path = "docs/results", runs_dir: str | Path | None = None,
               overrides: list[str] | tuple[str, ...] = (), preset: str | Path | None = None,
               overwrite: bool = False, argv: list[str] | None = None,
-              jobs: int = 1) -> dict[str, Any]:
+              jobs: int = 1, train: bool = True,
+              train_minutes: float | None = None) -> dict[str, Any]:
     """Run ``paper``'s reproduction at ``budget`` and write its report; returns its summary
-    (the verdicts and key numbers also saved as ``OUT/PAPER.json``). ``jobs`` runs train in
-    parallel processes (:func:`biograd.experiments.jobs.run_all`)."""
+    (the verdicts and key numbers also saved as ``OUT/PAPER.json``, ``OUT/PAPER-BUDGET.json``
+    for budgets other than standard). ``runs_dir`` defaults to the results store
+    ``results`` for the standard budget and ``runs/reproduce`` otherwise
+    (:func:`biograd.experiments.reproduce.default_runs_dir`). ``jobs`` runs train in parallel
+    processes (:func:`biograd.experiments.jobs.run_all`). ``train=False`` writes the report
+    from the stored runs and measurements only (nothing trained or measured; missing runs
+    listed); ``train_minutes`` starts no run or measurement after that many minutes of this
+    call, then writes the report from what exists."""
     started = time.perf_counter()
+    if runs_dir is None:
+        runs_dir = grid.default_runs_dir(budget)
     p = grid.plan(load_preset(paper, preset), budget, seeds=seeds, overrides=overrides,
                   runs_dir=runs_dir)
-    results = grid.run_plan(p, overwrite=overwrite, jobs=jobs)
+    results = grid.run_plan(p, overwrite=overwrite, jobs=jobs, train=train,
+                            train_minutes=train_minutes, started=started)
     module = importlib.import_module(MODULES[paper])
-    ctx = paper_report.Context(p, results, Path(out), started, argv or [])
+    settle_reports(Path(out), paper)  # before the report writes its figures
+    until = None if train_minutes is None else started + 60 * train_minutes
+    ctx = paper_report.Context(p, results, Path(out), started, argv or [],
+                               measure_missing=train, measure_until=until)
     return paper_report.write(ctx, module.report(ctx))
