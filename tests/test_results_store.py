@@ -1,0 +1,308 @@
+"""The results store (issue 16 item 2, issue 14 item 5): runs accumulate across invocations,
+a run is retrained only when its config or its rule's code changed (and then kept under
+.stale/), a report can be written from stored runs and measurements alone, and training can
+be bounded in time. One tiny synthetic preset (5 arms x 1 seed, seconds to train) trained once
+per session and copied into each test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from biograd.experiments import jobs, store
+from biograd.experiments import reproduce as grid
+from biograd.experiments.paper_report import Context
+from biograd.experiments.summary import settle_reports, update_readme_summary
+from biograd.papers import reproduce
+from biograd.runner.yamlio import read_yaml
+
+PAPER = "p3-weight-transport"
+ARMS = ("backprop", "feedback_alignment", "sign_symmetry", "weight_mirror", "kolen_pollack")
+PRESET = f"""paper: {PAPER}
+title: tiny store test
+base: {{dataset: synthetic, dataset_args: {{n: 48, input_shape: [1, 6, 6], num_classes: 3}},
+       train_subset: 32, test_subset: 16, epochs: 1, batch_size: 16, alignment_batch: 8,
+       eval_batch_size: 16, threads: 1, model: mlp,
+       model_args: {{hidden: [8], activation: tanh}}}}
+budgets:
+  quick: {{seeds: 1}}
+  standard: {{seeds: 1, reason: 'a test budget', settings: {{cost_repeats: 0}}}}
+experiments:
+  mnist-mlp: {{}}
+arms:
+""" + "".join(f"  {a}: {{rule: {a}}}\n" for a in ARMS)
+
+
+def _write_preset(folder: Path, extra: str = "") -> Path:
+    path = folder / "preset.yaml"
+    text = PRESET
+    if extra:  # e.g. a config change of one arm
+        text = text.replace("  feedback_alignment: {rule: feedback_alignment}",
+                            f"  feedback_alignment: {{rule: feedback_alignment, {extra}}}")
+    path.write_text(text)
+    return path
+
+
+def _run(folder: Path, **kw):
+    return reproduce(PAPER, "standard", out=folder / "docs" / "results",
+                     runs_dir=folder / "results", preset=folder / "preset.yaml", **kw)
+
+
+def _root(folder: Path) -> Path:
+    return folder / "results" / PAPER / "standard"
+
+
+def _files(folder: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in _root(folder).rglob("*") if p.is_file()}
+
+
+def _summaries(folder: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns
+            for p in _root(folder).glob("mnist-mlp/*/summary.json")}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("store")
+    _write_preset(folder)
+    _run(folder)
+    return folder
+
+
+@pytest.fixture
+def store_copy(trained: Path, tmp_path: Path) -> Path:
+    """A copy of the trained store (mtimes kept) to change freely."""
+    shutil.copytree(trained, tmp_path / "w", copy_function=shutil.copy2)
+    return tmp_path / "w"
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Any training or dry build fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained although nothing needed training")
+
+    monkeypatch.setattr(jobs, "train", refuse)
+    monkeypatch.setattr(grid, "dry_build", refuse)
+
+
+def test_standard_uses_the_results_store_by_default(tmp_path: Path, monkeypatch) -> None:
+    assert grid.default_runs_dir("standard") == "results"
+    assert grid.default_runs_dir("quick") == grid.default_runs_dir("full") == "runs/reproduce"
+    monkeypatch.chdir(tmp_path)
+    _write_preset(tmp_path)
+    summary = reproduce(PAPER, "standard", out="docs/results", preset="preset.yaml",
+                        train=False)
+    report = (tmp_path / "docs" / "results" / f"{PAPER}.md").read_text()
+    assert f"`results/{PAPER}/standard/EXPERIMENT/ARM-sSEED`" in report
+    assert summary["missing"] == summary["runs"] == len(ARMS)
+    assert not (tmp_path / "results").exists()  # --no-train writes nothing into the store
+
+
+def test_every_run_gets_a_fingerprint(trained: Path) -> None:
+    for arm in ARMS:
+        run = _root(trained) / "mnist-mlp" / f"{arm}-s0"
+        fp = json.loads((run / store.FINGERPRINT).read_text())
+        assert fp["rule"] == arm and not fp["adopted"]
+        assert fp["code_files"] == store.code_files(arm)
+        assert fp["code_hash"] == store.code_hash(fp["code_files"])
+        assert fp["hardware"]["device"] == "cpu" and fp["hardware"]["threads"] == 1
+        assert fp["hardware"]["cpu"] != "not recorded"
+        assert f"biograd.rules.{arm}" in fp["code_files"]
+    fa = store.code_files("feedback_alignment")
+    assert "biograd.rules._backward" in fa and "biograd.models.mlp" in fa
+    assert not any(m.startswith("biograd.rules.") and m.endswith(("kolen_pollack", "zil"))
+                   for m in fa)  # another rule's change leaves feedback alignment's runs
+
+
+def test_rebuild_trains_nothing_and_reads_only(store_copy: Path, no_training) -> None:
+    """The acceptance: with every run and measurement stored, the report is rebuilt without
+    training, measuring or writing into the store."""
+    before = _files(store_copy)
+    first = json.loads((store_copy / "docs" / "results" / f"{PAPER}.json").read_text())
+    again = _run(store_copy)
+    assert _files(store_copy) == before
+    assert again["verdicts"] == first["verdicts"] and again["missing"] == 0
+    report = (store_copy / "docs" / "results" / f"{PAPER}.md").read_text()
+    rows = [r for r in report.split("## Runs")[1].splitlines() if r.startswith("| mnist-mlp |")]
+    assert len(rows) == len(ARMS) and all(r.endswith("| yes |") for r in rows)
+    for arm in ARMS:  # the short code fingerprint of each run
+        assert store.short(store.code_hash(store.code_files(arm))) in report
+    assert "CUDA used" not in report
+    assert "training runs on: cpu, 1 torch thread, CPU " in report
+
+
+def test_config_change_of_one_arm_retrains_that_arm_only(store_copy: Path, capsys) -> None:
+    before = _summaries(store_copy)
+    _write_preset(store_copy, "config: {lr: 0.02}")
+    _run(store_copy)
+    assert "feedback_alignment-s0 (config changed: lr)" in capsys.readouterr().err
+    after = _summaries(store_copy)
+    assert {a for a in ARMS if after[f"{a}-s0"] != before[f"{a}-s0"]} == {"feedback_alignment"}
+    kept = list((_root(store_copy) / ".stale" / "mnist-mlp").glob("feedback_alignment-s0-*"))
+    assert len(kept) == 1 and read_yaml(kept[0] / "config.yaml")["lr"] == 0.01
+    assert read_yaml(_root(store_copy) / "mnist-mlp/feedback_alignment-s0/config.yaml")[
+        "lr"] == 0.02
+
+
+def test_code_change_of_one_rule_retrains_its_runs_only(store_copy: Path, monkeypatch,
+                                                        capsys) -> None:
+    real = store.code_files
+
+    def changed(rule: str) -> dict[str, str]:
+        files = real(rule)
+        if rule == "kolen_pollack":
+            files["biograd.rules.kolen_pollack"] = "0" * 64
+        return files
+
+    monkeypatch.setattr(store, "code_files", changed)
+    before = _summaries(store_copy)
+    _run(store_copy)
+    err = capsys.readouterr().err
+    assert "code of kolen_pollack changed: biograd.rules.kolen_pollack" in err
+    after = _summaries(store_copy)
+    assert {a for a in ARMS if after[f"{a}-s0"] != before[f"{a}-s0"]} == {"kolen_pollack"}
+    fp = json.loads((_root(store_copy) / "mnist-mlp/kolen_pollack-s0" / store.FINGERPRINT)
+                    .read_text())
+    assert fp["code_files"]["biograd.rules.kolen_pollack"] == "0" * 64
+    assert len(list((_root(store_copy) / ".stale").glob("*/kolen_pollack-s0-*"))) == 1
+
+
+def test_code_hash_ignores_docstrings_and_comments_not_code() -> None:
+    src = 'def f(x):\n    """Doc."""\n    return x + 1  # one\n'
+    assert store.ast_hash(src) == store.ast_hash("def f(x):\n\n    return x+1\n")
+    assert store.ast_hash(src) != store.ast_hash("def f(x):\n    return x - 1\n")
+    assert store.changed_files({"a": "1", "b": "2"}, {"a": "1", "b": "3", "c": "4"}) == [
+        "b", "c (added)"]
+
+
+def test_runs_without_fingerprint_are_adopted(store_copy: Path, no_training) -> None:
+    for fp in _root(store_copy).glob("mnist-mlp/*/" + store.FINGERPRINT):
+        fp.unlink()
+    before = _summaries(store_copy)
+    _run(store_copy)
+    assert _summaries(store_copy) == before
+    for arm in ARMS:
+        fp = json.loads((_root(store_copy) / f"mnist-mlp/{arm}-s0" / store.FINGERPRINT)
+                        .read_text())
+        assert fp["adopted"] and fp["code_files"] == store.code_files(arm)
+        assert fp["hardware"]["cpu"] == "not recorded" and fp["hardware"]["device"] == "cpu"
+
+
+def test_adopted_run_with_other_config_is_stale(store_copy: Path, capsys) -> None:
+    (_root(store_copy) / "mnist-mlp/backprop-s0" / store.FINGERPRINT).unlink()
+    cfg = _root(store_copy) / "mnist-mlp/backprop-s0/config.yaml"
+    cfg.write_text(cfg.read_text().replace("epochs: 1", "epochs: 3"))
+    _run(store_copy)
+    assert "backprop-s0 (config changed: epochs)" in capsys.readouterr().err
+
+
+def test_no_train_reports_missing_runs_as_untestable(store_copy: Path, no_training,
+                                                     capsys) -> None:
+    shutil.rmtree(_root(store_copy) / "mnist-mlp" / "weight_mirror-s0")
+    before = _files(store_copy)
+    summary = _run(store_copy, train=False)
+    assert _files(store_copy) == before
+    assert summary["missing"] == 1
+    err = capsys.readouterr().err
+    assert "mnist-mlp/weight_mirror-s0: not trained (--no-train)" in err
+    report = (store_copy / "docs" / "results" / f"{PAPER}.md").read_text()
+    assert "## Missing runs" in report and "| mnist-mlp | weight_mirror | 0 | missing |" in report
+    p = grid.plan(grid.load_preset(PAPER, store_copy / "preset.yaml"), "standard",
+                  runs_dir=store_copy / "results")
+    ctx = Context(p, grid.run_plan(p, train=False), store_copy / "o", 0.0, [])
+    assert ctx.runs("mnist-mlp", "weight_mirror")[0]["status"] == "missing"
+    assert "weight_mirror: 0 of 1 runs finished" in ctx.untestable("mnist-mlp",
+                                                                  ["weight_mirror"])
+    assert ctx.untestable("mnist-mlp", ["kolen_pollack"]) is None
+
+
+def test_train_minutes_zero_trains_nothing(tmp_path: Path, no_training, capsys) -> None:
+    _write_preset(tmp_path)
+    summary = _run(tmp_path, train_minutes=0)
+    assert summary["missing"] == len(ARMS)
+    assert "not started (--train-minutes reached)" in capsys.readouterr().err
+    assert not list((tmp_path / "results").rglob("summary.json"))
+
+
+def _ctx(tmp_path: Path, **kw) -> Context:
+    plan = SimpleNamespace(paper=PAPER, budget="standard", runs_dir=str(tmp_path),
+                           settings={}, runs=[], preset={})
+    return Context(plan, {}, tmp_path / "out", 0.0, [], **kw)
+
+
+def test_measurements_are_reused_and_invalidated_by_key_and_code(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    calls = []
+
+    def compute() -> dict:
+        calls.append(1)
+        return {"value": len(calls)}
+
+    rules = ["feedback_alignment"]
+    ctx = _ctx(tmp_path)
+    assert ctx.measure("m", compute, key={"a": 1}, rules=rules) == {"value": 1}
+    assert _ctx(tmp_path).measure("m", compute, key={"a": 1}, rules=rules) == {"value": 1}
+    assert len(calls) == 1
+    record = json.loads((ctx.measurements_dir / "m.json").read_text())
+    assert record["code"] == {"feedback_alignment": store.code_hash(
+        store.code_files("feedback_alignment"))}
+    assert record["hardware"]["torch_threads"] >= 1
+    # a report-only context reads it, and computes nothing that is missing or stale
+    reader = _ctx(tmp_path, measure_missing=False)
+    assert reader.measure("m", compute, key={"a": 1}, rules=rules) == {"value": 1}
+    assert reader.measure("m", compute, key={"a": 2}, rules=rules) is None
+    assert reader.measure("other", compute) is None and len(calls) == 1
+    assert _ctx(tmp_path, measure_until=-1.0).measure("other", compute) is None
+    # a changed key or changed code of the measured rule measures again
+    assert _ctx(tmp_path).measure("m", compute, key={"a": 2}, rules=rules) == {"value": 2}
+    real = store.code_files
+    monkeypatch.setattr(store, "code_files", lambda r: {**real(r), "biograd.ops.x": "0"})
+    assert _ctx(tmp_path).measure("m", compute, key={"a": 2}, rules=rules) == {"value": 3}
+    monkeypatch.setattr(store, "code_files", real)
+    # the code of a rule the measurement does not depend on changes nothing
+    assert _ctx(tmp_path).measure("n", compute, rules=["backprop"]) == {"value": 4}
+    monkeypatch.setattr(store, "code_files", lambda r: {**real(r), "biograd.x": "0"}
+                        if r == "kolen_pollack" else real(r))
+    assert _ctx(tmp_path).measure("n", compute, rules=["backprop"]) == {"value": 4}
+
+
+def test_step_cost_is_keyed_by_its_arms_rules(store_copy: Path, monkeypatch) -> None:
+    p = grid.plan(grid.load_preset(PAPER, store_copy / "preset.yaml"), "standard",
+                  runs_dir=store_copy / "results", overrides=["settings.cost_repeats=1"])
+    ctx = Context(p, {}, store_copy / "o", 0.0, [])
+    assert ctx.step_cost("mnist-mlp", "backprop") == 1.0
+    record = json.loads((ctx.measurements_dir / "cost-mnist-mlp.json").read_text())
+    assert sorted(record["code"]) == sorted(ARMS)
+
+
+def test_reports_per_budget_and_the_readme_summary(tmp_path: Path) -> None:
+    out = tmp_path / "docs" / "results"
+    out.mkdir(parents=True)
+    (out / "p1-lra").mkdir()
+    (out / "p1-lra" / "fig.png").write_bytes(b"png")
+    (out / "p1-lra.md").write_text("# old quick report\n![fig](p1-lra/fig.png)\n")
+    row = {"paper": "p1-lra", "title": "T", "seeds": 1, "verdicts": ["held"],
+           "key_numbers": "k", "wall_seconds": 3.0}
+    (out / "p1-lra.json").write_text(json.dumps({**row, "budget": "quick"}))
+    settle_reports(out, "p1-lra")  # a quick report at PAPER.md moves to PAPER-quick.md
+    assert not (out / "p1-lra.md").exists() and (out / "p1-lra-quick" / "fig.png").is_file()
+    assert "](p1-lra-quick/fig.png)" in (out / "p1-lra-quick.md").read_text()
+    assert json.loads((out / "p1-lra-quick.json").read_text())["budget"] == "quick"
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- summary:start -->\nOLDTABLE\n<!-- summary:end -->\nrest\n")
+    update_readme_summary(out)
+    text = readme.read_text()
+    assert "[p1-lra](docs/results/p1-lra-quick.md)" in text and "OLDTABLE" not in text
+    (out / "p1-lra.json").write_text(json.dumps({**row, "budget": "standard", "seeds": 3,
+                                                 "verdicts": ["did not hold"]}))
+    update_readme_summary(out)
+    text = readme.read_text()
+    assert "| [p1-lra](docs/results/p1-lra.md) | T | standard (3 seeds, 3 s); also " \
+           "[quick](docs/results/p1-lra-quick.md) | did not hold |" in text
+    assert text.startswith("intro\n") and text.endswith("<!-- summary:end -->\nrest\n")
+    assert update_readme_summary(tmp_path / "elsewhere") is None  # not docs/results
