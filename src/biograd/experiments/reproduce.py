@@ -24,12 +24,19 @@ Each run's config is ``base <- budget.config <- experiment.config <- experiment[
 arm.config <- experiment.per_arm[arm].config <- --key=value overrides`` plus the arm's rule,
 its rule_args updated by ``experiment.per_arm[arm].rule_args`` (settings one rule needs on one
 architecture only), and the seed. Runs are
-ordinary run directories (``RUNS/PAPER/BUDGET/EXPERIMENT/ARM-sSEED``) trained with
+ordinary run directories (``RUNS/PAPER/BUDGET/EXPERIMENT/ARM-sSEED``; RUNS is the results store
+``results/`` for the standard budget, ``runs/reproduce`` otherwise) trained with
 :func:`biograd.runner.train.train`; finished ones are reused and interrupted ones resumed, by
-the same mechanism as ``biograd compare``. The paper's module (:mod:`biograd.papers.p1_lra`
-...) then measures what the runs do not (P4's relaxation, P5's exactness and
-cost) and writes the tables and claim check; :mod:`biograd.experiments.paper_report` writes
-``OUT/PAPER.md``, its PNGs in ``OUT/PAPER/``, ``OUT/PAPER.json`` and ``OUT/README.md``.
+the same mechanism as ``biograd compare``, and each gets a ``fingerprint.json``: a stored run
+whose config or rule code changed is moved to ``RUNS/PAPER/BUDGET/.stale/`` and retrained
+(:mod:`biograd.experiments.store`). ``run_plan(train=False)`` trains nothing and
+``train_minutes`` starts no run after that long: the runs not trained are reported
+``missing``. The paper's module (:mod:`biograd.papers.p1_lra` ...) then reads or measures what
+the runs do not (P4's relaxation, P5's exactness and cost; :meth:`paper_report.Context.measure`
+stores them in ``RUNS/PAPER/BUDGET/_measurements/``) and writes the tables and claim check;
+:mod:`biograd.experiments.paper_report` writes ``OUT/PAPER.md`` (standard budget;
+``OUT/PAPER-quick.md`` etc. for the others, :mod:`biograd.experiments.summary`), its PNGs,
+its JSON summary and ``OUT/README.md``.
 """
 
 from __future__ import annotations
