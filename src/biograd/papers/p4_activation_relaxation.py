@@ -6,10 +6,13 @@ autograd's per-sample gradient ``dl_i/dz_l`` (the fixed point, P4 Eq. 5)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from biograd.core.registry import create_rule
 from biograd.experiments.paper_report import (
+    NOT_TESTABLE,
     REFERENCE,
     Claim,
     Context,
@@ -19,6 +22,7 @@ from biograd.experiments.paper_report import (
     cost_table,
     learning_curves,
     mean_std,
+    verdict_of,
 )
 from biograd.runner.config import Config
 from biograd.runner.data import load_data
@@ -27,6 +31,10 @@ from biograd.runner.models import build_model
 AR = "activation_relaxation"
 #: a variant "keeps performance" when within this many accuracy points of backprop
 KEEP_POINTS = 2.0
+#: AR "matches" backprop's accuracy when at most this many points below it
+MATCH_POINTS = 1.0
+#: the relaxation "converged" when every hidden layer's relative error is below this
+CONVERGED = 1e-2
 
 
 def relaxation_errors(cfg: Config, rule_args: dict, batch: int, steps: int) -> list[list[float]]:
@@ -85,82 +93,172 @@ def _plot(ctx: Context, curves: dict[str, list[list[float]]]) -> str:
     return f"![relaxation convergence]({link})\n"
 
 
+def min_seeds(ctx: Context) -> int:
+    """Seeds a claim needs per arm: 3 at the standard and full budgets (mean ± std), else 1."""
+    return 1 if ctx.plan.budget == "quick" else 3
+
+
+def ar_arms(ctx: Context, arms: list[str]) -> list[str]:
+    """The arms of ``arms`` that train activation relaxation (any variant)."""
+    arm_cfg = ctx.plan.preset.get("arms") or {}
+    return [a for a in arms if a in arm_cfg and arm_cfg[a]["rule"] == AR]
+
+
+def standard_ar(ctx: Context, arms: list[str]) -> str | None:
+    """The arm training P4's AR itself (the rule's defaults: no variant rule_args)."""
+    arm_cfg = ctx.plan.preset.get("arms") or {}
+    return next((a for a in ar_arms(ctx, arms) if not arm_cfg[a].get("rule_args")), None)
+
+
+def relaxation(ctx: Context, arms: list[str]) -> tuple[dict[str, list[list[list[float]]]] | None,
+                                                        int, int]:
+    """Relative error of the relaxation per AR arm, seed, hidden layer and relaxation step
+    (:func:`relaxation_errors` on the first experiment's model initialised with each seed of
+    the budget), stored as the measurement ``relaxation`` (:meth:`Context.measure`: keyed by
+    the data, model, seeds, arms' rule_args, batch and steps, with the rule's code); None when
+    it is not stored and this invocation measures nothing. Also returns (batch, steps)."""
+    st = ctx.plan.settings
+    batch, steps = int(st.get("relax_batch", 64)), int(st.get("relax_steps", 100))
+    arm_cfg = ctx.plan.preset.get("arms") or {}
+    first = ctx.plan.experiments[next(iter(ctx.plan.experiments))]
+    ours = ar_arms(ctx, arms)
+    key = {"dataset": first.dataset, "dataset_args": first.dataset_args,
+           "train_subset": first.train_subset, "model": first.model,
+           "model_args": first.model_args, "loss": first.loss, "seeds": ctx.plan.seeds,
+           "batch": batch, "steps": steps,
+           "arms": {a: arm_cfg[a].get("rule_args") or {} for a in ours}}
+
+    def compute() -> dict[str, list[list[list[float]]]]:
+        out: dict[str, list[list[list[float]]]] = {}
+        for a in ours:
+            out[a] = [relaxation_errors(dataclasses.replace(first, seed=seed),
+                                        arm_cfg[a].get("rule_args") or {}, batch, steps)
+                      for seed in ctx.plan.seeds]
+        return out
+
+    got = ctx.measure("relaxation", compute, key=key, rules=[AR])
+    return got, batch, steps
+
+
 def report(ctx: Context) -> Section:
     exps = list(ctx.plan.experiments)
     arms = list(dict.fromkeys(a for e in exps for a in ctx.arms(e)))
-    arm_cfg = ctx.plan.preset.get("arms") or {}
-    st = ctx.plan.settings
-    batch, steps = int(st.get("relax_batch", 64)), int(st.get("relax_steps", 100))
+    errors, batch, steps = relaxation(ctx, arms)
     first = ctx.plan.experiments[exps[0]]
-    curves = {a: relaxation_errors(first, arm_cfg[a].get("rule_args") or {}, batch, steps)
-              for a in arms if arm_cfg[a]["rule"] == AR}
     lines = ["## Test accuracy", "", "Test accuracy % (mean ± std over seeds) after training.",
              "", "| arm | " + " | ".join(exps) + " |", "| --- |" + " --- |" * len(exps)]
-    acc = {(e, a): mean_std(accuracies(ctx.runs(e, a))) for e in exps for a in arms}
     for a in arms:
         lines.append(f"| {a} | " + " | ".join(acc_cell(ctx.runs(e, a)) for e in exps) + " |")
     lines += ["", "## Learning curves", ""]
     lines += [learning_curves(ctx, e, f"learning_curves_{e}.png") for e in exps]
     marks = sorted({0, 1, 10, 25, 50, steps} & set(range(steps + 1)))
-    lines += ["## Relaxation convergence to the backprop gradient (P4 Fig. 1)", "",
-              f"{first.dataset}, the untrained {first.model} of seed {first.seed}, first {batch} "
-              f"training samples, Euler step from the rule's settings; relative error of each "
-              "hidden layer's activity to autograd's per-sample gradient dl/dz_l after t "
-              "relaxation steps (t = 0 is the feed-forward start).", "",
-              "| arm | layer | " + " | ".join(f"t={t}" for t in marks) + " |",
-              "| --- | --- |" + " --- |" * len(marks)]
-    for a, errs in curves.items():
-        for i, e in enumerate(errs):
-            lines.append(f"| {a} | {i + 1} | " + " | ".join(f"{e[t]:.2e}" for t in marks) + " |")
-    lines += ["", "Only standard AR has the backprop gradient as its fixed point; the variants "
-              "relax to another point (with random or learned backward weights, which are equal "
-              "before training, the fixed point of feedback alignment), so their error stays "
-              "O(1) by design.", "", _plot(ctx, curves), "", *cost_table(ctx, exps, arms)]
-    claims = _claims(ctx, exps, arms, acc, curves, arm_cfg)
-    std = next((a for a in curves if not arm_cfg[a].get("rule_args")), None)
+    lines += ["## Relaxation convergence to the backprop gradient (P4 Fig. 1)", ""]
+    if errors is None:
+        lines += ["Not measured: no stored `relaxation` measurement matches this budget's "
+                  "settings, and this invocation measures nothing (run `biograd reproduce` "
+                  "without report-only mode to measure it).", ""]
+    else:
+        lines += [f"{first.dataset}, the untrained {first.model} initialised with each seed "
+                  f"{ctx.plan.seeds}, first {batch} training samples, Euler step from the "
+                  "rule's settings; relative error ||x_l(t) - dl/dz_l|| / ||dl/dz_l|| of each "
+                  "hidden layer's activity to autograd's per-sample gradient after t "
+                  "relaxation steps (t = 0 is the feed-forward start), mean ± std over seeds "
+                  "(stored measurement, `_measurements/relaxation.json`).", "",
+                  "| arm | layer | " + " | ".join(f"t={t}" for t in marks) + " |",
+                  "| --- | --- |" + " --- |" * len(marks)]
+        for a, per_seed in errors.items():
+            for i in range(len(per_seed[0])):
+                cells = []
+                for t in marks:
+                    m, s = mean_std([errs[i][t] for errs in per_seed])
+                    cells.append(f"{m:.2e} ± {s:.1e}" if len(per_seed) > 1 else f"{m:.2e}")
+                lines.append(f"| {a} | {i + 1} | " + " | ".join(cells) + " |")
+        lines += ["", "Only standard AR has the backprop gradient as its fixed point; the "
+                  "variants relax to another point (with random or learned backward weights, "
+                  "which are equal before training, the fixed point of feedback alignment), so "
+                  "their error stays O(1) by design.", "",
+                  _plot(ctx, {a: per_seed[0] for a, per_seed in errors.items()}), ""]
+    lines += [*cost_table(ctx, exps, arms)]
+    claims = _claims(ctx, exps, arms, errors)
+    std = standard_ar(ctx, arms)
+    acc = {(e, a): mean_std(accuracies(ctx.runs(e, a)))[0] for e in exps for a in arms}
+    final = _final_errors(errors, std)
     key = (f"AR relax error after {steps} steps: "
-           + (f"{max(e[-1] for e in curves[std]):.1e}" if std else "-")
-           + "; acc " + ", ".join(
-               f"{e}: BP {acc[e, ctx.arm(REFERENCE)][0]:.1f} / AR {acc[e, std][0]:.1f}"
-               for e in exps
-               if std))
+           + (f"{mean_std(final)[0]:.1e}" if final else "not measured")
+           + ("; acc " + ", ".join(f"{e}: BP {acc[e, ctx.arm(REFERENCE)]:.1f} / AR "
+                                   f"{acc[e, std]:.1f}" for e in exps) if std else ""))
     return Section("\n".join(lines), claims, key)
 
 
-def _claims(ctx: Context, exps: list[str], arms: list[str], acc: dict, curves: dict,
-            arm_cfg: dict) -> list[Claim]:
-    std = next((a for a in curves if not arm_cfg[a].get("rule_args")), None)
+def _final_errors(errors: dict | None, arm: str | None) -> list[float]:
+    """Per seed: the largest relative error over hidden layers after the last step."""
+    if not errors or arm not in errors:
+        return []
+    return [max(layer[-1] for layer in errs) for errs in errors[arm]]
+
+
+def _pm(values: list[float], spec: str = ".2f") -> str:
+    mean, std = mean_std(values)
+    return f"{mean:{spec}} ± {std:{spec}}" if values else "-"
+
+
+def _claims(ctx: Context, exps: list[str], arms: list[str],
+            errors: dict | None) -> list[Claim]:
+    std = standard_ar(ctx, arms)
     out = []
     if std:
-        final = [e[-1] for e in curves[std]]
-        out.append(Claim(
-            "AR's relaxed activities converge to backprop's gradients.",
-            "held" if max(final) < 1e-2 else "did not hold",
-            "Relative error per hidden layer after the last step: "
-            + ", ".join(f"{v:.1e}" for v in final) + " (start: "
-            + ", ".join(f"{e[0]:.2f}" for e in curves[std]) + "); converged = below 1e-2 in "
-            "every layer. The error contracts geometrically with the Euler step, as the "
-            "linear dynamics predict; lower layers start later, so they lag by a few steps "
-            "per layer."))
-        gaps = {e: acc[e, ctx.arm(REFERENCE)][0] - acc[e, std][0] for e in exps}
-        out.append(Claim(
-            "AR's accuracy matches backprop's.",
-            "held" if all(g <= 1.0 for g in gaps.values()) else "did not hold",
-            "BP - AR (points): " + ", ".join(f"{e} {g:+.2f}" for e, g in gaps.items())
-            + " (matching = at most 1 point below backprop)."))
-    variants = [a for a in arms if a in arm_cfg and arm_cfg[a]["rule"] == AR and a != std
-                and (arm_cfg[a].get("rule_args") or {}).get("backward") != "random"]
+        text = "AR's relaxed activities converge to backprop's gradients."
+        final = _final_errors(errors, std)
+        if not final:
+            out.append(Claim(text, NOT_TESTABLE, "Not testable at this budget: the relaxation "
+                             "was not measured (no stored measurement for these settings)."))
+        else:
+            start = [max(layer[0] for layer in errs) for errs in errors[std]]
+            m, s = mean_std(final)
+            out.append(Claim(
+                text, verdict_of(int(m < CONVERGED), 1),
+                f"Largest relative error over the hidden layers at the feed-forward start: "
+                f"{_pm(start)}; the error contracts geometrically with the Euler step, as the "
+                "linear dynamics predict; lower layers start later, so they lag by a few steps "
+                "per layer.",
+                statistic=f"largest relative error over hidden layers after the last step "
+                          f"{m:.1e}", spread=f"± {s:.1e} over {len(final)} seeds",
+                threshold=f"< {CONVERGED:g}"))
+        out.append(_accuracy_claim(
+            ctx, exps, [std], MATCH_POINTS, "AR's accuracy matches backprop's.",
+            f"matching = AR at most {MATCH_POINTS:g} point below backprop"))
+    variants = [a for a in ar_arms(ctx, arms) if a != std and (
+        (ctx.plan.preset["arms"][a].get("rule_args") or {}).get("backward") != "random")]
     if variants:
-        bp = ctx.arm(REFERENCE)
-        gaps = {(e, a): acc[e, bp][0] - acc[e, a][0] for e in exps for a in variants}
-        kept = sum(g <= KEEP_POINTS for g in gaps.values())
-        out.append(Claim(
+        out.append(_accuracy_claim(
+            ctx, exps, variants, KEEP_POINTS,
             "The simplifications (learned backward weights, dropped derivatives) keep "
-            "performance.",
-            "held" if kept == len(gaps) else ("partly held" if kept else "did not hold"),
-            "BP - variant (points): " + ", ".join(f"{a} on {e} {g:+.2f}"
-                                                  for (e, a), g in gaps.items())
-            + f" (kept = at most {KEEP_POINTS:g} points below backprop). Short quick-budget "
-            "training leaves learned backward weights little time to align, so they trail "
-            "more than in P4."))
+            "performance.", f"kept = at most {KEEP_POINTS:g} points below backprop"))
     return out
+
+
+def _accuracy_claim(ctx: Context, exps: list[str], arms: list[str], points: float, text: str,
+                    rule: str) -> Claim:
+    """Held where every arm of ``arms`` is at most ``points`` below backprop's mean test
+    accuracy, on each experiment the budget can test."""
+    bp = ctx.arm(REFERENCE)
+    why = {e: ctx.untestable(e, arms, min_seeds=min_seeds(ctx)) for e in exps}
+    testable = [e for e in exps if not why[e]]
+    if not testable:
+        return Claim(text, NOT_TESTABLE, "Not testable at this budget: "
+                     + "; ".join(w for w in why.values() if w) + ".")
+
+    def mean(e: str, a: str) -> float:
+        vals = accuracies(ctx.runs(e, a))
+        return mean_std(vals)[0] if vals else float("-inf")
+
+    gaps = {(e, a): mean(e, bp) - mean(e, a) for e in testable for a in arms}
+    kept = sum(g <= points for g in gaps.values())
+    stat = "; ".join(f"{e}: BP {_pm(accuracies(ctx.runs(e, bp)))}, " + ", ".join(
+        f"{a} {_pm(accuracies(ctx.runs(e, a)))} (BP - {a} {gaps[e, a]:+.2f})" for a in arms)
+        for e in testable)
+    note = "".join(f" Not testable on {w}." for w in why.values() if w)
+    return Claim(text, verdict_of(kept, len(gaps)),
+                 f"{kept}/{len(gaps)} (experiment, arm) cells within {points:g} points of "
+                 "backprop." + note, statistic="test accuracy %: " + stat,
+                 spread="mean ± std over seeds", threshold=rule)
