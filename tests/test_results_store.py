@@ -107,7 +107,7 @@ def test_every_run_gets_a_fingerprint(trained: Path) -> None:
     for arm in ARMS:
         run = _root(trained) / "mnist-mlp" / f"{arm}-s0"
         fp = json.loads((run / store.FINGERPRINT).read_text())
-        assert fp["rule"] == arm and not fp["adopted"]
+        assert fp["rule"] == arm and not fp["adopted"] and fp["wall_seconds"] > 0
         assert fp["code_files"] == store.code_files(arm)
         assert fp["code_hash"] == store.code_hash(fp["code_files"])
         assert fp["hardware"]["device"] == "cpu" and fp["hardware"]["threads"] == 1
@@ -190,6 +190,7 @@ def test_runs_without_fingerprint_are_adopted(store_copy: Path, no_training) -> 
         fp = json.loads((_root(store_copy) / f"mnist-mlp/{arm}-s0" / store.FINGERPRINT)
                         .read_text())
         assert fp["adopted"] and fp["code_files"] == store.code_files(arm)
+        assert fp["wall_seconds"] is None
         assert fp["hardware"]["cpu"] == "not recorded" and fp["hardware"]["device"] == "cpu"
 
 

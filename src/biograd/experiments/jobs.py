@@ -58,9 +58,10 @@ def dry_build(sub: Config, warm_up_steps: int = 0) -> None:
 def run_one(sub: Config, record: bool = False) -> dict[str, Any]:
     """Train one run, or reuse it: a finished run's summary is returned as it is (marked
     ``reused``), a started one resumes from its checkpoint (or restarts if it has none).
-    ``record``: write the run's ``fingerprint.json`` (:mod:`biograd.experiments.store`) when it
-    finishes here, or when a finished run without one is reused (adopted)."""
-    out = run_dir_of(sub)
+    ``record``: write the run's ``fingerprint.json`` (:mod:`biograd.experiments.store`, with
+    the wall seconds of this call when it trained) when it finishes here, or when a finished
+    run without one is reused (adopted)."""
+    out, started = run_dir_of(sub), time.perf_counter()
     if out.exists():
         summary_path = out / rundir.SUMMARY
         if summary_path.is_file():
@@ -76,7 +77,8 @@ def run_one(sub: Config, record: bool = False) -> dict[str, Any]:
     else:
         summary = train(sub)
     if record and summary.get("status") in FINISHED:
-        store.write_fingerprint(out, sub, summary)
+        store.write_fingerprint(out, sub, summary,
+                                wall_seconds=round(time.perf_counter() - started, 2))
     return summary
 
 

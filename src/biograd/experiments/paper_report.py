@@ -544,7 +544,8 @@ def write(ctx: Context, section: Section) -> dict[str, Any]:
     here = [s for s in every if s.get("status") != "missing"]
     train_s = sum(s.get("seconds_per_epoch", 0) * s.get("epochs_completed", 0)
                   for s in here if num(s.get("seconds_per_epoch")))
-    run_wall = sum(s.get("wall_seconds") or 0 for s in here)
+    walls = [s["wall_seconds"] for s in here if num(s.get("wall_seconds"))]
+    run_wall = sum(walls)
     reused = sum(bool(s.get("reused")) for s in here)
     n_missing = len(every) - len(here)
     cmd = "biograd reproduce " + " ".join(ctx.argv or [p.paper, "--budget", p.budget])
@@ -567,8 +568,10 @@ def write(ctx: Context, section: Section) -> dict[str, Any]:
               "## Hardware, versions and wall time", "", *hardware(ctx),
               f"- wall time of this invocation: {wall:.0f} s ({len(here)} training runs, "
               f"{reused} reused from an earlier invocation, {n_missing} missing); wall time "
-              f"of all runs when they were trained (with evaluation and angle logging): "
-              f"{run_wall:.0f} s, of which {train_s:.0f} s training steps", ""]
+              f"of the runs when they were trained (with evaluation and angle logging): "
+              f"{run_wall:.0f} s over the {len(walls)} runs that recorded it"
+              f"{'' if len(walls) == len(here) else f' ({len(here) - len(walls)} did not)'}; "
+              f"training steps of all {len(here)} runs: {train_s:.0f} s", ""]
     bad = [(e, a, s) for (e, a), runs in ctx.results.items() for s in runs
            if s.get("status") in ("diverged", "failed")]
     if bad:

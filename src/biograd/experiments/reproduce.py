@@ -307,13 +307,16 @@ def run_plan(p: Plan, *, overwrite: bool = False, jobs: int = 1, train: bool = T
             walls.record(key, seconds)
         where = run_dir_of(spec.config)
         print_ = store.read_fingerprint(where) or {}
-        summary = {**summary, **info, "run_dir": str(where), "wall_seconds": walls.get(key),
+        wall = walls.get(key) if walls.get(key) is not None else print_.get("wall_seconds")
+        summary = {**summary, **info, "run_dir": str(where), "wall_seconds": wall,
                    "code_hash": print_.get("code_hash"), "hardware": print_.get("hardware"),
                    "git_commit": print_.get("git_commit")}
         results.setdefault((spec.experiment, spec.arm), []).append(summary)
     if missing:
+        shown = missing[:20] + ([f"... {len(missing) - 20} more (all listed in the report)"]
+                                if len(missing) > 20 else [])
         print(f"[reproduce {p.paper}] {len(missing)} of {len(p.runs)} runs missing from the "
-              "report:\n  " + "\n  ".join(missing), file=sys.stderr, flush=True)
+              "report:\n  " + "\n  ".join(shown), file=sys.stderr, flush=True)
     return results
 
 

@@ -13,7 +13,8 @@ Every run directory a reproduction trains or reuses gets ``fingerprint.json``:
 - ``git_commit`` (``git rev-parse HEAD`` of the checkout biograd runs from, or None) and
   ``biograd_version``: informational only, never compared;
 - ``hardware``: the device, torch threads, CPU and CUDA device the run was trained on
-  (``"not recorded"`` for runs adopted after the fact);
+  (``"not recorded"`` for runs adopted after the fact), ``wall_seconds``: how long training
+  it took (the invocation that finished it; None when adopted);
 - ``adopted``: true when the fingerprint was computed when the run was first reused rather
   than when it was trained.
 
@@ -250,8 +251,9 @@ def run_hardware(summary: dict[str, Any] | None, *, here: bool) -> dict[str, Any
 
 
 def fingerprint(cfg: Config, summary: dict[str, Any] | None = None, *,
-                adopted: bool = False) -> dict[str, Any]:
-    """The fingerprint of a run of ``cfg`` (see the module docstring)."""
+                adopted: bool = False, wall_seconds: float | None = None) -> dict[str, Any]:
+    """The fingerprint of a run of ``cfg`` (see the module docstring); ``wall_seconds``: how
+    long training it took (None when not known)."""
     from biograd import __version__
 
     files = code_files(cfg.rule)
@@ -259,7 +261,8 @@ def fingerprint(cfg: Config, summary: dict[str, Any] | None = None, *,
             "code_files": files, "ignored_config_keys": list(IGNORED_KEYS),
             "git_commit": git_commit(), "biograd_version": __version__,
             "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "adopted": adopted, "hardware": run_hardware(summary, here=not adopted)}
+            "adopted": adopted, "wall_seconds": wall_seconds,
+            "hardware": run_hardware(summary, here=not adopted)}
 
 
 def read_fingerprint(run_dir: Path) -> dict[str, Any] | None:
@@ -273,9 +276,10 @@ def read_fingerprint(run_dir: Path) -> dict[str, Any] | None:
 
 
 def write_fingerprint(run_dir: Path, cfg: Config, summary: dict[str, Any] | None = None, *,
-                      adopted: bool = False) -> dict[str, Any]:
+                      adopted: bool = False, wall_seconds: float | None = None
+                      ) -> dict[str, Any]:
     """Write ``RUN/fingerprint.json`` (see :func:`fingerprint`) and return it."""
-    data = fingerprint(cfg, summary, adopted=adopted)
+    data = fingerprint(cfg, summary, adopted=adopted, wall_seconds=wall_seconds)
     rundir.write_json(Path(run_dir) / FINGERPRINT, data)
     return data
 
