@@ -72,15 +72,18 @@ def decay_exposure(ctx: Context, exp: str) -> float:
     ``||W - B^T||`` shrinks by ``prod_t (1 - lr_t lambda) ~ exp(-exposure)`` under plain SGD
     (momentum ``m`` scales the effective rate by ``1 / (1 - m)``, for P3 and these runs
     alike)."""
+    cfg = kp_config(ctx, exp)
+    per_epoch = [s["steps_per_epoch"] for a in ctx.arms(exp) for s in ctx.runs(exp, a)
+                 if num(s.get("steps_per_epoch"))]  # the same data and batch for every arm
+    if cfg is None or not per_epoch:
+        return float("nan")
+    return kp_weight_decay(cfg) * lr_sum(cfg, int(per_epoch[0]))
+
+
+def kp_config(ctx: Context, exp: str) -> Config | None:
+    """The config of the Kolen-Pollack runs of ``exp`` (None if the plan has none)."""
     arm = ctx.arm("kolen_pollack")
-    for spec in ctx.plan.runs:
-        if spec.experiment != exp or spec.arm != arm:
-            continue
-        done = [s for s in ctx.runs(exp, arm) if num(s.get("steps_per_epoch"))]
-        if done:
-            return kp_weight_decay(spec.config) * lr_sum(spec.config,
-                                                          int(done[0]["steps_per_epoch"]))
-    return float("nan")
+    return next((s.config for s in ctx.plan.runs if s.experiment == exp and s.arm == arm), None)
 
 
 def run_angles(ctx: Context, exp: str, arm: str) -> list[float]:
@@ -129,15 +132,19 @@ def report(ctx: Context) -> Section:
               "about 450k steps; 4.5 if the rate stayed at 0.1, 2.25 under a cosine schedule, "
               "1.7 under a step schedule). Every arm gets the same weight decay: through the "
               "optimizer for BP, FA, SS and WM, from the Kolen-Pollack rule itself on W and B.",
-              "", "| experiment | λ | Σ_t lr_t | exposure λ Σ_t lr_t | exp(-exposure) |",
-              "| --- | ---: | ---: | ---: | ---: |"]
+              "", "Momentum m scales the effective decay rate by 1 / (1 - m) (0.9 here; P3's "
+              "momentum is not stated in what we hold), hence the last column.",
+              "", "| experiment | λ | Σ_t lr_t | exposure λ Σ_t lr_t | exp(-exposure) | "
+              "exp(-exposure / (1 - m)) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for e in exps:
-        x = decay_exposure(ctx, e)
-        cfg = next((s.config for s in ctx.plan.runs
-                    if s.experiment == e and s.arm == ctx.arm("kolen_pollack")), None)
-        lam = kp_weight_decay(cfg) if cfg else float("nan")
-        lines.append(f"| {e} | {lam:g} | {x / lam if lam else float('nan'):.1f} | {x:.3g} | "
-                     f"{math.exp(-x) if x == x else float('nan'):.2g} |")
+        x, cfg = decay_exposure(ctx, e), kp_config(ctx, e)
+        if cfg is None or x != x:
+            lines.append(f"| {e} | - | - | - (no finished run gives the steps per epoch) | - "
+                         "| - |")
+            continue
+        lam = kp_weight_decay(cfg)
+        lines.append(f"| {e} | {lam:g} | {x / lam:.1f} | {x:.3g} | {math.exp(-x):.2g} | "
+                     f"{math.exp(-x / (1 - cfg.momentum)):.2g} |")
     lines += ["", "## Feedback-vs-forward angle per layer over training", ""]
     for e in exps:
         lines.append(plot_layer_angles(ctx, e, [a for a in arms if a != ctx.arm(REFERENCE)],
@@ -151,7 +158,7 @@ def report(ctx: Context) -> Section:
         f"{feedback_angle(ctx, e, ctx.arm('feedback_alignment')):.0f}°; acc BP/KP/WM/FA/SS "
         + "/".join(f"{mean_std(accuracies(ctx.runs(e, ctx.arm(a))))[0]:.1f}" for a in (
             REFERENCE, "kolen_pollack", "weight_mirror", "feedback_alignment", "sign_symmetry"))
-        for e in exps[:2])
+        for e in exps[:2] if accuracies(ctx.runs(e, ctx.arm(REFERENCE)))) or "no runs yet"
     return Section("\n".join(lines), claims, key)
 
 
