@@ -26,7 +26,7 @@ PRESET = f"""paper: {PAPER}
 title: tiny store test
 base: {{dataset: synthetic, dataset_args: {{n: 48, input_shape: [1, 6, 6], num_classes: 3}},
        train_subset: 32, test_subset: 16, epochs: 1, batch_size: 16, alignment_batch: 8,
-       eval_batch_size: 16, threads: 1, model: mlp,
+       eval_batch_size: 16, threads: 1, model: mlp, weight_decay: 1.0e-4, momentum: 0.9,
        model_args: {{hidden: [8], activation: tanh}}}}
 budgets:
   quick: {{seeds: 1}}
