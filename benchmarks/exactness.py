@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from biograd.papers.p5_zil import architectures, max_rel_diff
+from biograd.papers.p5_measure import architectures, max_rel_diff
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 import biograd
-from biograd.papers.p5_zil import architectures
+from biograd.papers.p5_measure import architectures
 
 Maker = Callable[[], tuple[nn.Module, Tensor, Tensor]]
 

@@ -14,6 +14,7 @@ import torch
 from biograd.experiments import paper_report
 from biograd.experiments.reproduce import plan
 from biograd.papers import load_preset
+from biograd.papers import p5_measure as pm
 from biograd.papers import p5_zil as p5
 
 TINY = ["settings.repeats=2", "settings.slow_repeats=1", "settings.exactness_batch=2",
@@ -89,7 +90,7 @@ def test_exactness_row_on_a_small_model() -> None:
 def test_threshold_is_the_first_order_rounding_bound() -> None:
     # errors ||e_t|| = sqrt(2 E_t) = 4, 2, 1; kappa = 10, 100: K = 1, 11, 111
     row = {"kappa": [10.0, 100.0], "wave full f64": [8.0, 2.0, 0.5]}
-    assert p5.level_factors(row) == [1.0, 11.0, 111.0]
+    assert pm.level_factors(row) == [1.0, 11.0, 111.0]
     eps = torch.finfo(torch.float32).eps
     want = p5.C_ROUND * eps * (1.0 * 1 + 0.5 * 11 + 0.25 * 111)
     assert p5.threshold(row, "f32") == pytest.approx(want, rel=1e-12)

@@ -18,7 +18,7 @@ from biograd.experiments.paper_report import mean_std
 from biograd.experiments.reproduce import plan
 from biograd.papers import PAPERS, load_preset, reproduce
 from biograd.papers.p4_activation_relaxation import relaxation_errors
-from biograd.papers.p5_zil import architectures
+from biograd.papers.p5_measure import architectures
 from biograd.runner.config import Config
 from biograd.runner.yamlio import read_yaml
 
