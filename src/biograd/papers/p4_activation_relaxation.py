@@ -7,10 +7,14 @@ autograd's per-sample gradient ``dl_i/dz_l`` (the fixed point, P4 Eq. 5)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+from unittest import mock
 
 import torch
+from torch import Tensor
 
 from biograd.core.registry import create_rule
+from biograd.core.relax import relax
 from biograd.experiments.paper_report import (
     NOT_TESTABLE,
     REFERENCE,
@@ -24,6 +28,7 @@ from biograd.experiments.paper_report import (
     mean_std,
     verdict_of,
 )
+from biograd.rules import activation_relaxation as ar_module
 from biograd.runner.config import Config
 from biograd.runner.data import load_data
 from biograd.runner.models import build_model
@@ -33,14 +38,18 @@ AR = "activation_relaxation"
 KEEP_POINTS = 2.0
 #: AR "matches" backprop's accuracy when at most this many points below it
 MATCH_POINTS = 1.0
-#: the relaxation "converged" when every hidden layer's relative error is below this
-CONVERGED = 1e-2
+#: the relaxation "converged" when every hidden layer's relative error is below this once the
+#: dynamics have settled: float32 rounding of the activities and of autograd's gradient is
+#: ~1e-6 relative, and a wrong fixed point leaves an O(1) error (as the variants show)
+CONVERGED = 1e-4
+#: P4's number of Euler steps (its Fig. 1); reported beside the settled error
+P4_STEPS = 100
 
 
 def relaxation_errors(cfg: Config, rule_args: dict, batch: int, steps: int) -> list[list[float]]:
     """Relative error ``||x_l(t) - dl_i/dz_l|| / ||dl_i/dz_l||`` per hidden layer (rows) and
-    relaxation step t = 0..steps (columns), on the first ``batch`` training samples and the
-    model initialised with ``cfg.seed``."""
+    relaxation step t = 0..steps (columns) of AR's Euler dynamics (P4 Eq. 5, step by step),
+    on the first ``batch`` training samples and the model initialised with ``cfg.seed``."""
     data = load_data(cfg)
     x, y = data.train_x[:batch], data.train_y[:batch]
     torch.manual_seed(cfg.seed)
@@ -53,14 +62,19 @@ def relaxation_errors(cfg: Config, rule_args: dict, batch: int, steps: int) -> l
     grads = torch.autograd.grad(rule.loss_fn(zs[-1], y), zs[:-1])
     targets = [g.detach() * len(x) for g in grads]  # per-sample gradients dl_i/dz_l
     errors: list[list[float]] = [[] for _ in targets]
-    for t in range(steps + 1):
-        if t == 0:
-            acts = [zz.detach() for zz in zs[:-1]]  # the relaxation starts at the forward pass
-        else:
-            rule.steps = t
-            acts = rule.relax_activities(x, y)[0][:-1]
+
+    def record(_: int, acts: list[Tensor]) -> None:
         for i, (a, g) in enumerate(zip(acts, targets, strict=True)):
             errors[i].append(float((a - g).norm() / g.norm()))
+
+    record(0, [zz.detach() for zz in zs[:-1]])  # the relaxation starts at the forward pass
+    # AR's Euler steps themselves (solver="euler"), traced through the shared relaxation loop's
+    # callback: the closed form's fixed point is the backprop recursion, so measuring it would
+    # be true by construction. The rule's own module is left as it is (editing it would change
+    # the code fingerprint of every stored AR run).
+    rule.steps, rule.solver = steps, "euler"
+    with mock.patch.object(ar_module, "relax", functools.partial(relax, callback=record)):
+        rule.relax_activities(x, y)
     return errors
 
 
@@ -125,7 +139,7 @@ def relaxation(ctx: Context, arms: list[str]) -> tuple[dict[str, list[list[list[
     key = {"dataset": first.dataset, "dataset_args": first.dataset_args,
            "train_subset": first.train_subset, "model": first.model,
            "model_args": first.model_args, "loss": first.loss, "seeds": ctx.plan.seeds,
-           "batch": batch, "steps": steps,
+           "batch": batch, "steps": steps, "solver": "euler",
            "arms": {a: arm_cfg[a].get("rule_args") or {} for a in ours}}
 
     def compute() -> dict[str, list[list[list[float]]]]:
@@ -151,7 +165,7 @@ def report(ctx: Context) -> Section:
         lines.append(f"| {a} | " + " | ".join(acc_cell(ctx.runs(e, a)) for e in exps) + " |")
     lines += ["", "## Learning curves", ""]
     lines += [learning_curves(ctx, e, f"learning_curves_{e}.png") for e in exps]
-    marks = sorted({0, 1, 10, 25, 50, steps} & set(range(steps + 1)))
+    marks = sorted({0, 1, 10, 25, 50, P4_STEPS, 200, steps} & set(range(steps + 1)))
     lines += ["## Relaxation convergence to the backprop gradient (P4 Fig. 1)", ""]
     if errors is None:
         lines += ["Not measured: no stored `relaxation` measurement matches this budget's "
@@ -214,13 +228,21 @@ def _claims(ctx: Context, exps: list[str], arms: list[str],
                              "was not measured (no stored measurement for these settings)."))
         else:
             start = [max(layer[0] for layer in errs) for errs in errors[std]]
+            steps = len(errors[std][0][0]) - 1
+            at_p4 = ""
+            if steps > P4_STEPS:
+                mid = [max(layer[P4_STEPS] for layer in errs) for errs in errors[std]]
+                at_p4 = (f" After P4's {P4_STEPS} steps it is still {_pm(mid, '.1e')}: the "
+                         "error of layer l decays as a polynomial in t (degree: the layers "
+                         "above it) times (1 - step size)^t, so the lowest layer settles last; "
+                         f"the claim is about the fixed point, tested after {steps} steps.")
             m, s = mean_std(final)
             out.append(Claim(
                 text, verdict_of(int(m < CONVERGED), 1),
                 f"Largest relative error over the hidden layers at the feed-forward start: "
                 f"{_pm(start)}; the error contracts geometrically with the Euler step, as the "
                 "linear dynamics predict; lower layers start later, so they lag by a few steps "
-                "per layer.",
+                "per layer." + at_p4,
                 statistic=f"largest relative error over hidden layers after the last step "
                           f"{m:.1e}", spread=f"± {s:.1e} over {len(final)} seeds",
                 threshold=f"< {CONVERGED:g}"))
