@@ -178,3 +178,14 @@ def test_p4_accuracy_claims_per_converged_experiment(tmp_path: Path) -> None:
     assert keep.verdict == "partly held" and "ar_learned_backward" in keep.statistic
     ctx = _p4_ctx(tmp_path, {**P4_ACCS, "backprop": 97.5})
     assert p4._claims(ctx, list(ctx.plan.experiments), arms, None)[1].verdict == NOT_TESTABLE
+
+
+def test_p4_a_diverged_seed_does_not_keep_performance(tmp_path: Path) -> None:
+    ctx = _p4_ctx(tmp_path, P4_ACCS)
+    arms = list(dict.fromkeys(a for _, a in ctx.results))
+    runs = ctx.results["mnist", "ar_no_derivative"]
+    runs[1] = {"status": "diverged", "test_acc": None, "diverged": {"step": 194}}
+    keep = p4._claims(ctx, list(ctx.plan.experiments), arms, None)[2]
+    # the two finished seeds are within 2 points, but one of three diverged: 5 of 6 cells
+    assert keep.verdict == "partly held"
+    assert "mnist ar_no_derivative: 1 of 3 seeds diverged" in keep.evidence
