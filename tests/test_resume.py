@@ -37,14 +37,14 @@ CHILD = textwrap.dedent("""
     import biograd.runner.train  # noqa: F401
     train_module = sys.modules["biograd.runner.train"]
     from biograd.cli import main
-    real, calls = train_module.divergence, []
+    real, calls = train_module.StepGuard.loss, []
     def blocking(*args, **kwargs):
         calls.append(1)
         if len(calls) == 11:
             Path(sys.argv[1]).write_text("blocked")
             time.sleep(600)
         return real(*args, **kwargs)
-    train_module.divergence = blocking
+    train_module.StepGuard.loss = blocking
     sys.exit(main(sys.argv[2:]))
 """)
 
@@ -124,7 +124,7 @@ def _killed_run(tmp_path: Path, monkeypatch, *extra: str):
     args = [*TINY, f"--out_dir={tmp_path}", *extra]
     train(load_config(None, [*args, "--run_name=full"]))
     cfg = load_config(None, [*args, "--run_name=part"])
-    real, calls = train_module.divergence, []
+    real, calls = train_module.StepGuard.loss, []
 
     def crash(*a, **k):
         calls.append(1)
@@ -132,7 +132,7 @@ def _killed_run(tmp_path: Path, monkeypatch, *extra: str):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(train_module, "divergence", crash)
+    monkeypatch.setattr(train_module.StepGuard, "loss", crash)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
     monkeypatch.undo()

@@ -108,15 +108,15 @@ def test_resume_of_a_missing_or_corrupt_checkpoint(tmp_path: Path) -> None:
 
 def _crash_at(monkeypatch, step: int) -> None:
     """Simulate a kill (KeyboardInterrupt) just after the rule's ``step``-th batch."""
-    real, calls = train_module.divergence, []
+    real, calls = train_module.StepGuard.loss, []
 
-    def crash(*args, **kwargs):
+    def crash(self, loss: float):
         calls.append(1)
         if len(calls) == step:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(self, loss)
 
-    monkeypatch.setattr(train_module, "divergence", crash)
+    monkeypatch.setattr(train_module.StepGuard, "loss", crash)
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:

@@ -67,7 +67,7 @@ def test_mid_epoch_resume_keeps_the_metric_sums(tmp_path: Path, monkeypatch) -> 
     full = _cfg(tmp_path, rule, "--checkpoint_every=2", "--run_name=full")
     train(full)
     part = _cfg(tmp_path, rule, "--checkpoint_every=2", "--run_name=part")
-    real, calls = train_module.divergence, []
+    real, calls = train_module.StepGuard.loss, []
 
     def crash(*args, **kwargs):  # killed during the 7th step: resumes from step 6
         calls.append(1)
@@ -75,7 +75,7 @@ def test_mid_epoch_resume_keeps_the_metric_sums(tmp_path: Path, monkeypatch) -> 
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "divergence", crash)
+    monkeypatch.setattr(train_module.StepGuard, "loss", crash)
     with pytest.raises(KeyboardInterrupt):
         train(part)
     monkeypatch.undo()

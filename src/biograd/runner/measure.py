@@ -77,27 +77,39 @@ def _all_finite(tensors: list[Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
-def divergence(loss: float, rule: LearningRule, max_loss: float) -> str | None:
-    """Why this step's loss or update makes the run diverged, or None if it is fine."""
-    if not math.isfinite(loss):
-        return f"loss is {loss}"
-    if loss > max_loss:
-        return f"loss {loss:.4g} exceeds max_loss {max_loss:g}"
-    named = [(n, p.grad) for n, p in rule.named_parameters() if p.grad is not None]
-    if _all_finite([g for _, g in named]):
-        return None
-    for name, grad in named:  # name the first offender (only once the run has diverged)
-        if not bool(torch.isfinite(grad).all()):
-            return f"non-finite update in {name}"
-    return None
+class StepGuard:
+    """The per-step divergence checks of one run: the loss before the update (a host float
+    already), then the updates (``.grad``) and the updated parameters after it, together in
+    one reduction per tensor and one host sync. The named parameters are listed once
+    (:meth:`refresh` after a step that may have created some, e.g. the first)."""
 
+    def __init__(self, rule: LearningRule, max_loss: float) -> None:
+        self.rule, self.max_loss = rule, max_loss
+        self.named: list[tuple[str, Tensor]] = []
+        self.refresh()
 
-def nonfinite_parameter(rule: LearningRule) -> str | None:
-    """Why the parameters are no longer usable after an update, or None if all are finite."""
-    named = list(rule.named_parameters())
-    if _all_finite([p for _, p in named]):
+    def refresh(self) -> None:
+        self.named = list(self.rule.named_parameters())
+
+    def loss(self, loss: float) -> str | None:
+        """Why this step's loss makes the run diverged, or None if it is fine."""
+        if not math.isfinite(loss):
+            return f"loss is {loss}"
+        if loss > self.max_loss:
+            return f"loss {loss:.4g} exceeds max_loss {self.max_loss:g}"
         return None
-    for name, p in named:
-        if not bool(torch.isfinite(p).all()):
-            return f"non-finite parameter {name} after the update"
-    return None
+
+    def update(self) -> str | None:
+        """After the optimizer step: why the update or the parameters make the run diverged
+        (naming the first offender, an update before a parameter), or None if all are
+        finite."""
+        grads = [(n, p.grad) for n, p in self.named if p.grad is not None]
+        if _all_finite([g for _, g in grads] + [p for _, p in self.named]):
+            return None
+        for name, grad in grads:
+            if not bool(torch.isfinite(grad).all()):
+                return f"non-finite update in {name}"
+        for name, p in self.named:
+            if not bool(torch.isfinite(p).all()):
+                return f"non-finite parameter {name} after the update"
+        return None

@@ -29,7 +29,7 @@ from biograd.runner.config import Config
 from biograd.runner.data import RunData, load_data, on_device_if_it_fits
 from biograd.runner.device import thread_count
 from biograd.runner.distributed import Dist, from_env
-from biograd.runner.measure import accuracy, angles, divergence, nonfinite_parameter
+from biograd.runner.measure import StepGuard, accuracy, angles
 from biograd.runner.models import build_model
 from biograd.runner.tally import METRIC_PREFIX, Tally
 from biograd.runner.validate import check_names, check_supported
@@ -197,6 +197,7 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
     # -- train -------------------------------------------------------------------------------
     step, status, reason, truncated = int(ck["step"]), "completed", None, False
     started = time.perf_counter()
+    guard, first_step = StepGuard(rule, cfg.max_loss), step
     n = len(train_x)
     fb_before, fb_after = feedback_schedule(cfg, rule)
     fb_seconds = 0.0  # feedback-only epochs count into the next epoch's seconds
@@ -213,14 +214,16 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
         for b in bar:
             opt.zero_grad(set_to_none=True)
             loss, correct, count, metrics = ddp.step(rule, train_x, train_y, batches[b])
-            reason = divergence(loss, rule, cfg.max_loss)
+            reason = guard.loss(loss)
             if reason is not None:
                 status = "diverged"
                 break
             opt.step()
             ddp.sync_state(rule)
-            reason = nonfinite_parameter(rule)
-            if reason is not None:  # the update overflowed: diverged at this step
+            if step == first_step:  # a rule may create parameters in its first step
+                guard.refresh()
+            reason = guard.update()
+            if reason is not None:  # a non-finite update or parameter: diverged at this step
                 status = "diverged"
                 break
             step += 1
