@@ -109,3 +109,45 @@ def test_no_import_cycles_between_packages() -> None:
     for node in sorted(graph):
         if node not in state:
             visit(node)
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` (a path back to its start), or None."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycles_between_modules() -> None:
+    """Module by module, with imports inside functions counted (a lazy import hides a cycle,
+    it does not remove it); package ``__init__`` files only re-export and are left out."""
+    modules = {}
+    for path in SRC.rglob("*.py"):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        modules[".".join(("biograd", *path.relative_to(SRC).with_suffix("").parts))] = path
+    graph = {m: {i for i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
+    assert "biograd.experiments.hardware" in graph["biograd.experiments.store"]
+    # known, deferred: capture builds the graph and calls levels' assign_levels (a lazy import);
+    # levels uses capture's vertex types. Moving the types into their own module changes the
+    # code fingerprint of every zil/PC measurement in the results store (P5's, about 45 min of
+    # CPU to re-measure), so it waits for the next P5 re-measurement (issue 14).
+    graph["biograd.graph.capture"].discard("biograd.graph.levels")
+    cycle = _cycle(graph)
+    assert cycle is None, "import cycle between modules: " + " -> ".join(cycle or [])

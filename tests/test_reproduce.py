@@ -142,6 +142,22 @@ def test_changed_config_retrains_and_keeps_the_old_runs(tmp_path: Path, capsys) 
     assert {read_yaml(p)["lr"] for p in root.glob("*/*/config.yaml")} == {0.5}
 
 
+def test_an_arm_config_for_one_budget_applies_in_that_budget_only(tmp_path: Path) -> None:
+    path = tmp_path / "preset.yaml"
+    path.write_text(
+        "paper: p1-lra\nbase: {lr: 0.05, momentum: 0.9}\n"
+        "arms: {a: {rule: backprop, config: {momentum: 0.5}, standard: {lr: 0.01}},\n"
+        "       b: {rule: backprop}}\n"
+        "experiments: {e1: {config: {model: mlp}, per_arm: {a: {config: {momentum: 0.0}}}}}\n")
+    preset = load_preset("p1-lra", path)
+    std = {r.arm: r.config for r in plan(preset, "standard", runs_dir=tmp_path).runs}
+    quick = {r.arm: r.config for r in plan(preset, "quick").runs}
+    # arm.config <- arm[budget] <- per_arm.config
+    assert (std["a"].lr, std["a"].momentum) == (0.01, 0.0)
+    assert (quick["a"].lr, quick["a"].momentum) == (0.05, 0.0)
+    assert (std["b"].lr, std["b"].momentum) == (0.05, 0.9)
+
+
 def test_relaxation_error_contracts_geometrically_at_the_top_layer() -> None:
     """Top hidden layer: dx/dt = -x + J^T x_L with x_L held, so the Euler error is multiplied
     by exactly (1 - step_size) per step; lower layers converge too (the fixed point is the

@@ -20,7 +20,9 @@ import torch
 
 from biograd.core.errors import ConfigError
 from biograd.core.registry import REFERENCE_RULE
+from biograd.experiments import store
 from biograd.experiments.cost_probe import step_cost_ratios
+from biograd.experiments.hardware import cpu_name, hardware_info
 from biograd.experiments.store import short
 from biograd.experiments.summary import refresh, report_stem, settle_reports
 from biograd.rundir import ALIGNMENT, read_rows
@@ -137,8 +139,6 @@ class Context:
         (``measure_missing`` False, or ``measure_until`` passed: the report then says so).
         Writing a report therefore only reads what an earlier measurement step stored
         (issue 14, item 5)."""
-        from biograd.experiments import store
-
         path = self.measurements_dir / f"{name}.json"
         want = json.loads(json.dumps(_plain(key), default=str))
         files = {r: store.code_files(r) for r in dict.fromkeys(rules)}
@@ -390,30 +390,6 @@ def learning_curves(ctx: Context, experiment: str, name: str) -> str:
     path, link = ctx.figure(name)
     plot(groups, path, title=f"{experiment} ({ctx.plan.budget} budget)")
     return f"![learning curves, {experiment}]({link})\n"
-
-
-def hardware_info() -> dict[str, Any]:
-    """The machine a measurement runs on (stored with it): CPU, threads, CUDA device if any,
-    library versions."""
-    from biograd import __version__ as version
-
-    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu_name(), "logical_cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "cuda": cuda,
-            "python": sys.version.split()[0], "torch": torch.__version__,
-            "biograd": version}
-
-
-def cpu_name() -> str:
-    """The CPU model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return cpu
 
 
 def _run_machine(s: dict[str, Any]) -> str:

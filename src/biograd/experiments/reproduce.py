@@ -13,7 +13,8 @@ architectures and hyper-parameters as ``biograd train`` config keys::
                           experiment counts as converged (claims on it are "not testable
                           at this budget" below it),
                           per_arm: {label: {rule_args: {...}, config: {...}}}}
-    arms:        label -> {rule: NAME, rule_args: {...}, config: {...}, role: NAME}
+    arms:        label -> {rule: NAME, rule_args: {...}, config: {...}, quick/standard/full:
+                 {...} (the arm's config in one budget), role: NAME}
                  (``role``: how a paper's report finds the arm, whatever its label; without
                  it an arm is found by its rule, :meth:`paper_report.Context.arm`)
     settings:    paper-specific measurement settings (P4's relaxation batch, P5's repeats);
@@ -21,9 +22,9 @@ architectures and hyper-parameters as ``biograd train`` config keys::
                  report's cost ratios, default 5; 0 measures none)
 
 Each run's config is ``base <- budget.config <- experiment.config <- experiment[budget] <-
-arm.config <- experiment.per_arm[arm].config <- --key=value overrides`` plus the arm's rule,
-its rule_args updated by ``experiment.per_arm[arm].rule_args`` (settings one rule needs on one
-architecture only), and the seed. Runs are
+arm.config <- arm[budget] <- experiment.per_arm[arm].config <- --key=value overrides`` plus
+the arm's rule, its rule_args updated by ``experiment.per_arm[arm].rule_args`` (settings one
+rule needs on one architecture only), and the seed. Runs are
 ordinary run directories (``RUNS/PAPER/BUDGET/EXPERIMENT/ARM-sSEED``; RUNS is the results store
 ``results/`` for the standard budget, ``runs/reproduce`` otherwise) trained with
 :func:`biograd.runner.train.train`; finished ones are reused and interrupted ones resumed, by
@@ -69,7 +70,7 @@ _BUDGET = {"seeds", "config", "settings", "reason"}
 _EXPERIMENT = {"label", "config", "arms", "only", "per_arm", "reference_accuracy",
                *BUDGETS}
 _PER_ARM = {"rule_args", "config"}
-_ARM = {"rule", "rule_args", "config", "role"}
+_ARM = {"rule", "rule_args", "config", "role", *BUDGETS}
 
 
 @dataclass
@@ -184,7 +185,8 @@ def plan(preset: dict[str, Any], budget: str, *, seeds: int | None = None,
         for label in exp.get("arms") or list(arms):
             arm = arms[label]
             extra = (exp.get("per_arm") or {}).get(label) or {}
-            arm_data = merge(merge(data, arm.get("config") or {}), extra.get("config") or {})
+            arm_data = merge(merge(merge(data, arm.get("config") or {}), arm.get(budget) or {}),
+                             extra.get("config") or {})
             rule_args = merge(arm.get("rule_args") or {}, extra.get("rule_args") or {})
             for seed in result.seeds:
                 cfg = _resolve(arm_data, run_over, {

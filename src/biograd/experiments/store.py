@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from biograd import rundir
+from biograd.experiments.hardware import cpu_name
 from biograd.runner.config import Config
 
 FINGERPRINT = "fingerprint.json"
@@ -240,8 +241,6 @@ def run_hardware(summary: dict[str, Any] | None, *, here: bool) -> dict[str, Any
                           "cpu": "not recorded", "cuda": "not recorded"}
     if here:
         import torch
-
-        from biograd.experiments.paper_report import cpu_name
 
         hw["cpu"] = cpu_name()
         hw["logical_cpus"] = os.cpu_count()
