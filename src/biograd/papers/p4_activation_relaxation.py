@@ -54,7 +54,10 @@ def relaxation_errors(cfg: Config, rule_args: dict, batch: int, steps: int) -> l
     x, y = data.train_x[:batch], data.train_y[:batch]
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.model_args)
-    rule = create_rule(AR, model, loss=cfg.loss, **{**rule_args, "tol": None})
+    # AR's Euler steps themselves (solver="euler"): the closed form's fixed point is the
+    # backprop recursion, so measuring it would be true by construction
+    rule = create_rule(AR, model, loss=cfg.loss,
+                       **{**rule_args, "tol": None, "steps": steps, "solver": "euler"})
     zs, z = [], x
     for block in rule.blocks:
         z = block(z)
@@ -68,13 +71,13 @@ def relaxation_errors(cfg: Config, rule_args: dict, batch: int, steps: int) -> l
             errors[i].append(float((a - g).norm() / g.norm()))
 
     record(0, [zz.detach() for zz in zs[:-1]])  # the relaxation starts at the forward pass
-    # AR's Euler steps themselves (solver="euler"), traced through the shared relaxation loop's
-    # callback: the closed form's fixed point is the backprop recursion, so measuring it would
-    # be true by construction. The rule's own module is left as it is (editing it would change
-    # the code fingerprint of every stored AR run).
-    rule.steps, rule.solver = steps, "euler"
+    # traced through the shared relaxation loop's callback; the rule's own module is left as it
+    # is (editing it would change the code fingerprint of every stored AR run)
     with mock.patch.object(ar_module, "relax", functools.partial(relax, callback=record)):
         rule.relax_activities(x, y)
+    if len(errors[0]) != steps + 1:
+        raise RuntimeError(f"the relaxation trace holds {len(errors[0]) - 1} of {steps} Euler "
+                           "steps: activation_relaxation no longer calls core.relax.relax")
     return errors
 
 

@@ -80,8 +80,10 @@ def _all_finite(tensors: list[Tensor]) -> bool:
 class StepGuard:
     """The per-step divergence checks of one run: the loss before the update (a host float
     already), then the updates (``.grad``) and the updated parameters after it, together in
-    one reduction per tensor and one host sync. The named parameters are listed once
-    (:meth:`refresh` after a step that may have created some, e.g. the first)."""
+    one reduction per tensor and one host sync. A non-finite update is therefore applied
+    before it is caught: the run stops diverged at that step, its last checkpoint (before the
+    step) untouched. The named parameters are listed once (:meth:`refresh` after a step that
+    may have created some, e.g. the first)."""
 
     def __init__(self, rule: LearningRule, max_loss: float) -> None:
         self.rule, self.max_loss = rule, max_loss
