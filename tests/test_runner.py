@@ -192,6 +192,62 @@ def test_huge_learning_rate_is_marked_diverged(tmp_path: Path) -> None:
     assert read_json(tmp_path / "r" / "summary.json")["status"] == "diverged"
 
 
+def _poison_at(monkeypatch, call: int, name: str) -> None:
+    """Fill parameter ``name`` of the rule with NaN when the loss of step ``call`` is checked
+    (before that step's update is applied)."""
+    real, calls = train_module.StepGuard.loss, []
+
+    def poison(self, loss):
+        calls.append(loss)
+        if len(calls) == call:
+            with torch.no_grad():
+                dict(self.rule.named_parameters())[name].fill_(float("nan"))
+        return real(self, loss)
+
+    monkeypatch.setattr(train_module.StepGuard, "loss", poison)
+
+
+def test_non_finite_feedback_weight_never_reaches_a_checkpoint(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """A feedback weight is not used by the forward pass, so only the update check sees it:
+    forced before every checkpoint, it stops the run at that step with the last good one."""
+    _poison_at(monkeypatch, 3, "feedback.3")
+    summary = train(_cfg(tmp_path, "--rule=kolen_pollack", "--checkpoint_every=1",
+                         "--run_name=r"))
+    assert summary["status"] == "diverged" and summary["diverged"]["step"] == 3
+    assert "feedback.3" in summary["diverged"]["reason"]
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "r").values()
+               if v.is_floating_point())
+
+
+def test_non_finite_forward_weight_is_named_by_the_next_loss(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """Without a checkpoint due, a NaN forward weight shows in the next step's loss, whose
+    reason names the parameter; the epoch's checkpoint is never written."""
+    _poison_at(monkeypatch, 2, "model.1.weight")
+    summary = train(_cfg(tmp_path, "--rule=backprop", "--run_name=r"))
+    assert summary["status"] == "diverged" and summary["diverged"]["step"] == 3
+    assert "loss is nan" in summary["diverged"]["reason"]
+    assert "model.1.weight" in summary["diverged"]["reason"]
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_update_check_runs_every_hundred_steps_or_when_forced() -> None:
+    from biograd.core.registry import create_rule
+    from biograd.runner.measure import GUARD_EVERY, StepGuard
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    guard = StepGuard(create_rule("kolen_pollack", model), max_loss=1e4)
+    assert guard.update(1, force=True) is None  # all finite
+    with torch.no_grad():
+        dict(guard.named)["feedback.0"][0, 0] = float("inf")
+    assert GUARD_EVERY == 100
+    assert guard.update(GUARD_EVERY - 1) is None  # not checked on this step
+    assert "feedback.0" in guard.update(GUARD_EVERY)
+    assert "feedback.0" in guard.update(7, force=True)
+
+
 def test_max_loss_stops_at_the_first_step(tmp_path: Path) -> None:
     summary = train(_cfg(tmp_path, "--max_loss=1e-3", "--run_name=r"))
     # cross-entropy of 4 classes at initialisation is about log 4 > 1e-3

@@ -77,16 +77,26 @@ def _all_finite(tensors: list[Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
-class StepGuard:
-    """The per-step divergence checks of one run: the loss before the update (a host float
-    already), then the updates (``.grad``) and the updated parameters after it, together in
-    one reduction per tensor and one host sync. A non-finite update is therefore applied
-    before it is caught: the run stops diverged at that step, its last checkpoint (before the
-    step) untouched. The named parameters are listed once (:meth:`refresh` after a step that
-    may have created some, e.g. the first)."""
+#: the updates and parameters are checked every this many steps (and always before a
+#: checkpoint, at the end of an epoch and when the time limit stops a run); the loss, a host
+#: float already, is checked every step
+GUARD_EVERY = 100
 
-    def __init__(self, rule: LearningRule, max_loss: float) -> None:
-        self.rule, self.max_loss = rule, max_loss
+
+class StepGuard:
+    """The divergence checks of one run. The loss is checked every step, before its update is
+    applied (it is a host float already: no extra sync). The updates (``.grad``) and the
+    updated parameters are checked together, one reduction per tensor and one host sync,
+    every ``every`` steps and whenever the caller forces it (before a checkpoint, at the end of
+    an epoch or of the run), so a checkpoint never holds a non-finite parameter and the step
+    costs no sync of its own. A parameter used by the forward pass that turns non-finite makes
+    the next step's loss non-finite, so such a run stops one step later; a non-finite update
+    is applied before it is caught (the last checkpoint, taken before it, stays untouched). The
+    named parameters are listed once (:meth:`refresh` after a step that may have created some,
+    e.g. the first)."""
+
+    def __init__(self, rule: LearningRule, max_loss: float, every: int = GUARD_EVERY) -> None:
+        self.rule, self.max_loss, self.every = rule, max_loss, every
         self.named: list[tuple[str, Tensor]] = []
         self.refresh()
 
@@ -94,17 +104,26 @@ class StepGuard:
         self.named = list(self.rule.named_parameters())
 
     def loss(self, loss: float) -> str | None:
-        """Why this step's loss makes the run diverged, or None if it is fine."""
+        """Why this step's loss makes the run diverged (naming a non-finite parameter when one
+        caused it), or None if it is fine."""
         if not math.isfinite(loss):
-            return f"loss is {loss}"
+            cause = next((n for n, p in self.named if not bool(torch.isfinite(p).all())), None)
+            return f"loss is {loss}" + (f" (non-finite parameter {cause})" if cause else "")
         if loss > self.max_loss:
             return f"loss {loss:.4g} exceeds max_loss {self.max_loss:g}"
         return None
 
-    def update(self) -> str | None:
-        """After the optimizer step: why the update or the parameters make the run diverged
-        (naming the first offender, an update before a parameter), or None if all are
-        finite."""
+    def update(self, step: int, force: bool = False) -> str | None:
+        """After the optimizer step of step number ``step`` (counted from 1): on every
+        ``every``-th step, or when ``force``, why the updates or the parameters make the run
+        diverged (naming the first offender, an update before a parameter); None if they are
+        finite or were not checked."""
+        if not force and step % self.every:
+            return None
+        return self.check()
+
+    def check(self) -> str | None:
+        """Why the updates or the parameters make the run diverged now, or None."""
         grads = [(n, p.grad) for n, p in self.named if p.grad is not None]
         if _all_finite([g for _, g in grads] + [p for _, p in self.named]):
             return None

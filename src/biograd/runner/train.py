@@ -222,7 +222,10 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
             ddp.sync_state(rule)
             if step == first_step:  # a rule may create parameters in its first step
                 guard.refresh()
-            reason = guard.update()
+            time_up = bool(cfg.time_limit) and not ddp.all_ok(
+                time.perf_counter() - started <= cfg.time_limit)
+            ck_due = bool(cfg.checkpoint_every) and (step + 1) % cfg.checkpoint_every == 0
+            reason = guard.update(step + 1, force=time_up or ck_due or b + 1 == len(batches))
             if reason is not None:  # a non-finite update or parameter: diverged at this step
                 status = "diverged"
                 break
@@ -241,12 +244,12 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
                                    **angles(rule, probe_x, probe_y)})
                 rundir.write_rows(out / rundir.ALIGNMENT, align_rows)
                 t0 += time.perf_counter() - t_a
-            if cfg.time_limit and not ddp.all_ok(time.perf_counter() - started <= cfg.time_limit):
+            if time_up:
                 truncated = b + 1 < len(batches) or epoch + 1 < cfg.epochs
                 cut = b + 1 < len(batches)
                 if cut:
                     break
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < len(batches):
+            if ck_due and b + 1 < len(batches):
                 checkpoint(epoch, b + 1, tally.state(time.perf_counter() - t0))
         bar.close()
         if status == "diverged":
