@@ -144,10 +144,5 @@ def test_no_import_cycles_between_modules() -> None:
         modules[".".join(("biograd", *path.relative_to(SRC).with_suffix("").parts))] = path
     graph = {m: {i for i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
     assert "biograd.experiments.hardware" in graph["biograd.experiments.store"]
-    # known, deferred: capture builds the graph and calls levels' assign_levels (a lazy import);
-    # levels uses capture's vertex types. Moving the types into their own module changes the
-    # code fingerprint of every zil/PC measurement in the results store (P5's, about 45 min of
-    # CPU to re-measure), so it waits for the next P5 re-measurement (issue 14).
-    graph["biograd.graph.capture"].discard("biograd.graph.levels")
     cycle = _cycle(graph)
     assert cycle is None, "import cycle between modules: " + " -> ".join(cycle or [])

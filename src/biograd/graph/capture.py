@@ -21,7 +21,6 @@ Parameters belong to the vertex whose function uses them; a parameter used by se
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,48 +28,8 @@ from torch import Tensor, fx, nn
 
 from biograd.core.errors import UnsupportedModelError
 from biograd.graph.guards import check_composite, check_node, frozen_buffers, unsupported
-
-INPUT, VERTEX, INLINE, CONST = "input", "vertex", "inline", "const"
-CLAMPED = ("input", "data")
-
-
-@dataclass
-class Vertex:
-    """A value node: ``kind`` is ``input`` (a placeholder), ``data`` (a parameter-free function
-    of the inputs only, e.g. ``x.flatten(1)``: clamped like the input), ``op`` (a vertex with
-    a vertex function) or ``identity`` (inserted by levelling; predicts its parent's value)."""
-
-    name: str
-    kind: str
-    node: fx.Node | None = None
-    parents: list[int] = field(default_factory=list)
-    sources: dict[fx.Node, int] = field(default_factory=dict)
-    params: list[nn.Parameter] = field(default_factory=list)
-    closure: list[fx.Node] = field(default_factory=list)  # inline nodes, then ``node``
-    consts: list[fx.Node] = field(default_factory=list)  # const nodes it reads (node order)
-
-
-@dataclass
-class PCGraph:
-    """Vertices in a topological ``order``, the ``output`` vertex, and each vertex's ``level``
-    (its distance to the output; ``None`` for vertices that do not reach the output)."""
-
-    gm: fx.GraphModule
-    kinds: dict[fx.Node, str]
-    vertices: list[Vertex]
-    order: list[int]
-    output: int
-    level: list[int | None]
-    levelled: bool = False
-
-    @property
-    def depth(self) -> int:
-        """Largest level of a live non-input vertex (the number of Z-IL inference steps)."""
-        return max((lv for v, lv in zip(self.vertices, self.level, strict=True)
-                    if lv is not None and v.kind not in CLAMPED), default=0)
-
-    def live(self, i: int) -> bool:
-        return self.level[i] is not None
+from biograd.graph.levels import assign_levels
+from biograd.graph.vertex import CLAMPED, CONST, INLINE, INPUT, VERTEX, PCGraph, Vertex
 
 
 def run_node(gm: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict) -> Any:
@@ -244,7 +203,5 @@ def _build(gm: fx.GraphModule, kinds: dict[fx.Node, str], result: fx.Node) -> PC
             vertices.append(v)
     order = list(range(len(vertices)))
     graph = PCGraph(gm, kinds, vertices, order, index[result], [None] * len(vertices))
-    from biograd.graph.levels import assign_levels
-
     assign_levels(graph)
     return graph

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 
-from biograd.graph.capture import CLAMPED, PCGraph, Vertex
+from biograd.graph.vertex import CLAMPED, PCGraph, Vertex
 
 
 def children_of(graph: PCGraph) -> list[list[int]]:
