@@ -221,6 +221,19 @@ def test_non_finite_feedback_weight_never_reaches_a_checkpoint(tmp_path: Path,
                if v.is_floating_point())
 
 
+def test_no_alignment_row_is_computed_from_a_non_finite_weight(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """The update check is forced before every alignment row: a NaN feedback weight stops
+    the run at that step and every row logged holds finite angles."""
+    _poison_at(monkeypatch, 3, "feedback.3")
+    summary = train(_cfg(tmp_path, "--rule=kolen_pollack", "--alignment_every=1",
+                         "--run_name=r"))
+    assert summary["status"] == "diverged" and summary["diverged"]["step"] == 3
+    rows = read_rows(tmp_path / "r" / "alignment.csv")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["angle_update"]) for r in rows)
+
+
 def test_non_finite_forward_weight_is_named_by_the_next_loss(tmp_path: Path,
                                                              monkeypatch) -> None:
     """Without a checkpoint due, a NaN forward weight shows in the next step's loss, whose

@@ -225,7 +225,10 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
             time_up = bool(cfg.time_limit) and not ddp.all_ok(
                 time.perf_counter() - started <= cfg.time_limit)
             ck_due = bool(cfg.checkpoint_every) and (step + 1) % cfg.checkpoint_every == 0
-            reason = guard.update(step + 1, force=time_up or ck_due or b + 1 == len(batches))
+            # every rank checks where rank 0 logs angles (all ranks must stop together)
+            align_due = bool(cfg.alignment_every) and (step + 1) % cfg.alignment_every == 0
+            reason = guard.update(step + 1, force=time_up or ck_due or align_due
+                                  or b + 1 == len(batches))
             if reason is not None:  # a non-finite update or parameter: diverged at this step
                 status = "diverged"
                 break
@@ -237,7 +240,7 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
                 writer.add_scalar("train/loss", loss, step)
                 for key, value in metrics.items():
                     writer.add_scalar(f"train/{METRIC_PREFIX}{key}", value, step)
-            if main and cfg.alignment_every and step % cfg.alignment_every == 0:
+            if main and align_due:
                 t_a = time.perf_counter()
                 align_rows.append({"step": step, "epoch": epoch + 1,
                                    "train_loss": tally.take_window(),
