@@ -77,9 +77,14 @@ def _all_finite(tensors: list[Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
+def _first_non_finite(named: list[tuple[str, Tensor]]) -> str | None:
+    """The name of the first tensor of ``named`` holding a NaN or inf, or None."""
+    return next((n for n, t in named if not bool(torch.isfinite(t).all())), None)
+
+
 #: the updates and parameters are checked every this many steps (and always before a
-#: checkpoint, at the end of an epoch and when the time limit stops a run); the loss, a host
-#: float already, is checked every step
+#: checkpoint or an alignment row, at the end of an epoch and when the time limit stops a run);
+#: the loss, a host float already, is checked every step
 GUARD_EVERY = 100
 
 
@@ -87,13 +92,13 @@ class StepGuard:
     """The divergence checks of one run. The loss is checked every step, before its update is
     applied (it is a host float already: no extra sync). The updates (``.grad``) and the
     updated parameters are checked together, one reduction per tensor and one host sync,
-    every ``every`` steps and whenever the caller forces it (before a checkpoint, at the end of
-    an epoch or of the run), so a checkpoint never holds a non-finite parameter and the step
-    costs no sync of its own. A parameter used by the forward pass that turns non-finite makes
-    the next step's loss non-finite, so such a run stops one step later; a non-finite update
-    is applied before it is caught (the last checkpoint, taken before it, stays untouched). The
-    named parameters are listed once (:meth:`refresh` after a step that may have created some,
-    e.g. the first)."""
+    every ``every`` steps and whenever the caller forces it (before a checkpoint or an
+    alignment row, at the end of an epoch or of the run), so a checkpoint never holds a
+    non-finite parameter and the step costs no sync of its own. A parameter used by the
+    forward pass that turns non-finite makes the next step's loss non-finite, so such a run
+    stops one step later; a non-finite update is applied before it is caught (the last
+    checkpoint, taken before it, stays untouched). The named parameters are listed once
+    (:meth:`refresh` after a step that may have created some, e.g. the first)."""
 
     def __init__(self, rule: LearningRule, max_loss: float, every: int = GUARD_EVERY) -> None:
         self.rule, self.max_loss, self.every = rule, max_loss, every
@@ -107,7 +112,7 @@ class StepGuard:
         """Why this step's loss makes the run diverged (naming a non-finite parameter when one
         caused it), or None if it is fine."""
         if not math.isfinite(loss):
-            cause = next((n for n, p in self.named if not bool(torch.isfinite(p).all())), None)
+            cause = _first_non_finite(self.named)
             return f"loss is {loss}" + (f" (non-finite parameter {cause})" if cause else "")
         if loss > self.max_loss:
             return f"loss {loss:.4g} exceeds max_loss {self.max_loss:g}"
@@ -127,10 +132,8 @@ class StepGuard:
         grads = [(n, p.grad) for n, p in self.named if p.grad is not None]
         if _all_finite([g for _, g in grads] + [p for _, p in self.named]):
             return None
-        for name, grad in grads:
-            if not bool(torch.isfinite(grad).all()):
-                return f"non-finite update in {name}"
-        for name, p in self.named:
-            if not bool(torch.isfinite(p).all()):
-                return f"non-finite parameter {name} after the update"
+        if (name := _first_non_finite(grads)) is not None:
+            return f"non-finite update in {name}"
+        if (name := _first_non_finite(self.named)) is not None:
+            return f"non-finite parameter {name} after the update"
         return None
