@@ -108,7 +108,7 @@ CLI_CASES = [
     (["train", *T, "--rule=equilibrium_prop", "--model=lenet"],
      "rule 'equilibrium_prop' does not support model 'lenet' (a cnn model; it supports mlp). "
      "Rules that support cnn models: backprop, activation_relaxation"),
-    (["compare", *T, "--rules=[equilibrium_prop]", "--model=lenet"],
+    (["compare", *T, "--arms=[equilibrium_prop]", "--model=lenet"],
      "rule 'equilibrium_prop' does not support cnn models"),
     # run directories and checkpoints
     (["train", *T, "--run_name=r"], "run directory 'runs/r' already exists; pass --overwrite"),

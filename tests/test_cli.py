@@ -58,7 +58,9 @@ def test_bad_config_file_exits_2(tmp_path: Path, monkeypatch, capsys) -> None:
         (["train", "--rule=nope", *TINY], "unknown rule 'nope'"),
         (["train", "--epochs"], "config keys are given as --key=value"),
         (["train", "--resume", "missing_dir"], "holds no config.yaml"),
-        (["compare", "--rules=[backprop]", "--rule_args.x=1", *TINY], "no hyper-parameter 'x'"),
+        (["compare", "--arms.backprop.rule_args.x=1", *TINY], "no hyper-parameter 'x'"),
+        (["compare", "--arms=[backprop]", "--rule_args.x=1", *TINY], "is set by each arm"),
+        (["compare", "--rules=[backprop]", *TINY], "not a comparison key any more: use arms"),
         (["data", "fetch", "mnits"], "unknown dataset 'mnits'"),
         (["frobnicate"], "invalid choice"),
         (["rules", "--extra=1"], "unrecognised arguments"),
@@ -90,13 +92,13 @@ def test_rules_and_data_list(capsys) -> None:
 
 
 def test_compare_cli_writes_the_table(tmp_path: Path) -> None:
-    done = _biograd("compare", *TINY, "--rules=[backprop]", "--out_dir=runs", "--run_name=c",
+    done = _biograd("compare", *TINY, "--arms=[backprop]", "--out_dir=runs", "--name=c",
                     cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     table = (tmp_path / "runs" / "c" / "compare.md").read_text()
     assert "| backprop | reference | 1 |" in table and table in done.stdout
     assert "median of 5 interleaved block pairs" in table
-    done = _biograd("compare", *TINY, "--rules=[backprop]", "--out_dir=runs", "--run_name=c",
+    done = _biograd("compare", *TINY, "--arms=[backprop]", "--out_dir=runs", "--name=c",
                     "--cost_repeats=0", cwd=tmp_path)  # no probe: sub-runs reused as they are
     assert done.returncode == 0, done.stderr
     table = (tmp_path / "runs" / "c" / "compare.md").read_text()

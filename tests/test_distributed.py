@@ -17,6 +17,7 @@ import torch
 import biograd
 from biograd.core.errors import ConfigError
 from biograd.experiments.compare import compare
+from biograd.experiments.grid import load_grid
 from biograd.runner import distributed
 from biograd.runner.config import load_config
 from biograd.runner.train import train
@@ -147,7 +148,7 @@ def test_bad_launch_environment(monkeypatch) -> None:
     with pytest.raises(ConfigError, match="MASTER_ADDR, MASTER_PORT not set: launch with"):
         distributed.from_env()
     with pytest.raises(ConfigError, match="biograd compare does not run under torchrun"):
-        compare(load_config(None, [*ARGS, "--rules=[backprop]", "--out_dir=nowhere"]))
+        compare(load_grid(None, [*ARGS, "--arms=[backprop]", "--out_dir=nowhere"]))
     assert not Path("nowhere").exists()
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert distributed.from_env() == distributed.Dist()

@@ -12,6 +12,7 @@ import torch
 
 from biograd.core.errors import ConfigError
 from biograd.experiments.compare import compare
+from biograd.experiments.grid import load_grid
 from biograd.experiments.jobs import run_all
 from biograd.rundir import read_json
 from biograd.runner.config import load_config
@@ -19,8 +20,8 @@ from biograd.runner.device import JOBS_ENV, available_cores, thread_count
 
 ARGS = ["--dataset=synthetic", "--dataset_args.n=64", "--model_args.hidden=[8]",
         "--batch_size=16", "--epochs=1", "--lr=0.05", "--alignment_batch=16",
-        "--eval_batch_size=40", "--cost_repeats=0", "--rules=[feedback_alignment]",
-        "--seeds=[0]"]
+        "--eval_batch_size=40"]
+GRID = [*ARGS, "--cost_repeats=0", "--arms=[feedback_alignment]", "--seeds=[0]"]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -28,10 +29,10 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_jobs_train_the_same_runs_as_one(tmp_path: Path) -> None:
-    one = compare(load_config(None, [*ARGS, "--threads=1", f"--out_dir={tmp_path}",
-                                     "--run_name=one"]))
-    two = compare(load_config(None, [*ARGS, "--threads=1", f"--out_dir={tmp_path}",
-                                     "--run_name=two"]), jobs=2)
+    one = compare(load_grid(None, [*GRID, "--threads=1", f"--out_dir={tmp_path}",
+                                   "--name=one"]))
+    two = compare(load_grid(None, [*GRID, "--threads=1", f"--out_dir={tmp_path}",
+                                   "--name=two"]), jobs=2)
     assert list(one["results"]) == list(two["results"]) == ["backprop", "feedback_alignment"]
     for rule in ("backprop", "feedback_alignment"):
         for seed in (0,):
@@ -39,14 +40,14 @@ def test_two_jobs_train_the_same_runs_as_one(tmp_path: Path) -> None:
             assert a.keys() == b.keys()
             assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
     # resumable as before: a second call with jobs reuses every finished run
-    again = compare(load_config(None, [*ARGS, "--threads=1", f"--out_dir={tmp_path}",
-                                       "--run_name=two"]), jobs=2)
+    again = compare(load_grid(None, [*GRID, "--threads=1", f"--out_dir={tmp_path}",
+                                     "--name=two"]), jobs=2)
     assert all(s.get("reused") for runs in again["results"].values() for s in runs)
 
 
 def test_each_parallel_run_takes_its_share_of_the_cores(tmp_path: Path) -> None:
-    cfgs = [load_config(None, [*ARGS, f"--out_dir={tmp_path}", f"--run_name=r{i}",
-                               f"--seed={i}"]) for i in range(2)]
+    cfgs = [load_config(None, [*ARGS, f"--out_dir={tmp_path}",
+                               f"--run_name=r{i}", f"--seed={i}"]) for i in range(2)]
     done = run_all(cfgs, jobs=2)
     share = max(1, available_cores() // 2)
     assert [s["threads"] for s, _ in done] == [share, share]

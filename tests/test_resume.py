@@ -21,6 +21,7 @@ import biograd
 from biograd import rundir
 from biograd.core.errors import CheckpointError
 from biograd.experiments.compare import compare
+from biograd.experiments.grid import load_grid
 from biograd.runner.config import load_config
 from biograd.runner.train import train
 
@@ -203,9 +204,10 @@ def test_divergence_keeps_the_last_good_checkpoint_and_counts(tmp_path: Path) ->
     assert last["step"] == step - 1  # intact (digest verified), written before the bad step
     assert all(torch.isfinite(v).all() for v in _state(run / "checkpoint.pt").values()
                if v.is_floating_point())
-    cfg = load_config(None, [*args, "--run_name=c", "--rules=[feedback_alignment]",
-                             "--config_per_rule.feedback_alignment.lr=1e6"])
-    result = compare(cfg)
+    # the arm's own lr (an --lr override would reach every run, arms included)
+    base = [a for a in args if not a.startswith("--lr=")]
+    grid = load_grid(None, [*base, "--name=c", "--arms.feedback_alignment.config.lr=1e6"])
+    result = compare(grid)
     statuses = {n: [s["status"] for s in r] for n, r in result["results"].items()}
     assert statuses == {"backprop": ["completed"], "feedback_alignment": ["diverged"]}
     assert "| feedback_alignment | " in result["table"]

@@ -13,6 +13,7 @@ import yaml
 import biograd
 from biograd.core.errors import CheckpointError, ConfigError
 from biograd.experiments.compare import compare
+from biograd.experiments.grid import load_grid
 from biograd.rundir import read_json, read_rows
 from biograd.runner.config import load_config
 from biograd.runner.train import train
@@ -20,13 +21,18 @@ from biograd.runner.train import train
 train_module = sys.modules["biograd.runner.train"]  # the module, not the function
 
 
+SMALL = ["--dataset=synthetic", "--dataset_args.n=96", "--model_args.hidden=[12]",
+         "--batch_size=16", "--epochs=2", "--lr=0.05", "--alignment_batch=32",
+         "--eval_batch_size=40"]
+
+
 def _cfg(tmp_path: Path, *extra: str):
-    return load_config(None, [
-        "--dataset=synthetic", "--dataset_args.n=96", "--model_args.hidden=[12]",
-        "--batch_size=16", "--epochs=2", "--lr=0.05", "--alignment_batch=32",
-        "--eval_batch_size=40",
-        f"--out_dir={tmp_path}", *extra,
-    ])
+    return load_config(None, [*SMALL, f"--out_dir={tmp_path}", *extra])
+
+
+def _grid(tmp_path: Path, *extra: str):
+    """A comparison grid of the small setting (``extra``: grid or run config overrides)."""
+    return load_grid(None, [*SMALL, f"--out_dir={tmp_path}", *extra])
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -293,8 +299,8 @@ def test_tensorboard_requested_without_the_package(tmp_path: Path) -> None:
 
 def test_compare_writes_table_and_plots_and_reuses_runs(tmp_path: Path, capsys) -> None:
     others = _rules("feedback_alignment", "kolen_pollack")
-    cfg = _cfg(tmp_path, "--epochs=1", f"--rules={others}", "--seeds=[0, 1]", "--run_name=c")
-    result = compare(cfg)
+    grid = _grid(tmp_path, "--epochs=1", f"--arms={others}", "--seeds=[0, 1]", "--name=c")
+    result = compare(grid)
     out = tmp_path / "c"
     names = ["backprop", *others]
     assert list(result["results"]) == names  # backprop first though not requested
@@ -318,21 +324,21 @@ def test_compare_writes_table_and_plots_and_reuses_runs(tmp_path: Path, capsys) 
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table in capsys.readouterr().out
     stamp = (out / "backprop-s0" / "summary.json").stat().st_mtime_ns
-    again = compare(cfg)
+    again = compare(grid)
     assert all(s.get("reused") for runs in again["results"].values() for s in runs)
     assert (out / "backprop-s0" / "summary.json").stat().st_mtime_ns == stamp
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     with pytest.raises(ConfigError, match="was trained with a different config"):
-        compare(cfg.replace(lr=0.01))
+        compare(_grid(tmp_path, "--epochs=1", f"--arms={others}", "--seeds=[0, 1]",
+                      "--name=c", "--lr=0.01"))
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
 def test_compare_errors_before_touching_anything(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="rule_args_per_rule"):
-        compare(_cfg(tmp_path, "--rule=kolen_pollack", "--rule_args.weight_decay=0.1",
-                     "--rules=[kolen_pollack]"))
-    with pytest.raises(ConfigError, match="rule_args_per_rule.backprop.x"):
-        compare(_cfg(tmp_path, "--rule_args_per_rule.backprop.x=1", "--rules=[backprop]"))
+    with pytest.raises(ConfigError, match="set by each arm"):
+        compare(_grid(tmp_path, "--rule_args.weight_decay=0.1", "--arms=[kolen_pollack]"))
+    with pytest.raises(ConfigError, match="arms.backprop.rule_args.x"):
+        compare(_grid(tmp_path, "--arms.backprop.rule_args.x=1"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -355,23 +361,21 @@ def test_plots_average_the_runs_they_read(tmp_path: Path) -> None:
         assert draw({"x": [a, b]}, tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_sub_configs_and_rule_selection(tmp_path: Path) -> None:
-    from biograd.experiments.compare import rules_to_run, sub_config
-
-    cfg = _cfg(tmp_path, "--rules=[backprop]", "--config_per_rule.backprop.lr=0.5",
-               "--rule_args_per_rule.backprop={}", "--seeds=[3]")
-    sub = sub_config(cfg, "backprop", 3, tmp_path / "c")
-    assert (sub.rule, sub.seed, sub.lr, sub.run_name) == ("backprop", 3, 0.5, "backprop-s3")
-    assert sub.out_dir == str(tmp_path / "c") and sub.batch_size == cfg.batch_size
+def test_grid_runs_and_arm_selection(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, "--arms.backprop.config.momentum=0.5", "--seeds=[3]")
+    (run,) = grid.runs(tmp_path / "c")
+    sub = run.config
+    assert (sub.rule, sub.seed, sub.momentum, sub.run_name) == ("backprop", 3, 0.5,
+                                                                "backprop-s3")
+    assert sub.out_dir == str(tmp_path / "c") and sub.batch_size == 16
     no_resnet = [n for n in biograd.list_rules() if "resnet" not in biograd.rule_info(n).supports]
     if not no_resnet:
         pytest.skip("every registered rule supports resnet")
-    every = cfg.replace(model="resnet18", rules="all")
-    names, skipped = rules_to_run(every)
-    assert names[0] == "backprop" and set(skipped) == set(no_resnet)
-    assert skipped[no_resnet[0]] == "does not support resnet models"
+    every = _grid(tmp_path, "--model=resnet18", "--arms=all")
+    assert list(every.arms)[0] == "backprop" and set(every.skipped) == set(no_resnet)
+    assert every.skipped[no_resnet[0]] == "does not support resnet models"
     with pytest.raises(ConfigError, match=f"rule '{no_resnet[0]}' does not support resnet"):
-        rules_to_run(cfg.replace(model="resnet18", rules=[no_resnet[0]]))
+        _grid(tmp_path, "--model=resnet18", f"--arms=[{no_resnet[0]}]")
 
 
 @pytest.mark.parametrize("rule", _rules("backprop", "dtp", "weight_mirror"))

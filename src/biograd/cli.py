@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
     comp = sub.add_parser("compare", allow_abbrev=False, help="train several rules x seeds")
-    comp.add_argument("--config", help="YAML config file")
+    comp.add_argument("--config", help="YAML comparison file (base, arms, seeds: "
+                                       "docs/usage.md)")
     comp.add_argument("--overwrite", action="store_true", help="retrain, replacing old runs")
     comp.add_argument("--jobs", type=int, default=1, help=JOBS_HELP)
     rep = sub.add_parser("reproduce", allow_abbrev=False,
@@ -110,15 +111,15 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _cmd_compare(args: argparse.Namespace, overrides: list[str]) -> int:
     from biograd.experiments.compare import compare
-    from biograd.runner.config import load_config
+    from biograd.experiments.grid import load_grid
 
-    result = compare(load_config(args.config, overrides), overwrite=args.overwrite,
+    result = compare(load_grid(args.config, overrides), overwrite=args.overwrite,
                      jobs=args.jobs)
     failed = [n for n, runs in result["results"].items()
               if any(s.get("status") == "failed" for s in runs)]
     print(f"wrote {result['dir']}/compare.md")
     if failed:
-        print(f"biograd: some rules failed: {', '.join(failed)}", file=sys.stderr)
+        print(f"biograd: some arms failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from biograd.core.registry import rule_info
-from biograd.runner.config import Config
+from biograd.experiments.grid import Grid
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -25,22 +25,23 @@ def _fmt(values: list[Any], spec: str = ".1f") -> str:
 
 
 def table(
-    cfg: Config, results: dict[str, list[dict[str, Any]]], skipped: dict[str, str],
-    costs: dict[str, float] | None = None,
+    grid: Grid, results: dict[str, list[dict[str, Any]]], costs: dict[str, float] | None = None,
 ) -> str:
-    """Markdown: test accuracy mean +- std (%), seconds per epoch, the cost ratio to backprop
-    (``costs``: paired step timings; without them, the ratio of seconds per epoch), final
-    update-vs-backprop and feedback-vs-forward angles, diverged and failed counts."""
-    bp = [s["seconds_per_epoch"] for s in results.get("backprop", [])
+    """Markdown, one row per arm of ``grid`` (``results``: label -> run summaries): test
+    accuracy mean +- std (%), seconds per epoch, the cost ratio to backprop (``costs``: paired
+    step timings; without them, the ratio of seconds per epoch), final update-vs-backprop and
+    feedback-vs-forward angles, diverged and failed counts."""
+    cfg = grid.base_config()
+    bp = [s["seconds_per_epoch"] for s in results.get(grid.reference() or "", [])
           if _num(s.get("seconds_per_epoch"))]
     bp_sec = sum(bp) / len(bp) if bp else None
     lines = [
         f"# Comparison: {cfg.model} on {cfg.dataset}",
         "",
         f"epochs {cfg.epochs}, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g}, "
-        f"train_subset {cfg.train_subset}, seeds {cfg.seeds}",
+        f"train_subset {cfg.train_subset}, seeds {grid.seeds}",
         "",
-        "| rule | family | runs | test acc % (mean ± std) | s/epoch | × backprop | "
+        "| arm | family | runs | test acc % (mean ± std) | s/epoch | × backprop | "
         "update angle ° | feedback angle ° | diverged | failed |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -65,7 +66,7 @@ def table(
         if costs and _num(costs.get(name)):
             ratio = f"{costs[name]:.2f}"
         lines.append(
-            f"| {name} | {rule_info(name).family} | {len(runs)} | {acc} | {sec} | {ratio} | "
+            f"| {name} | {_rule(grid, name)} | {len(runs)} | {acc} | {sec} | {ratio} | "
             f"{_fmt([s.get('angle_update') for s in ok])} | "
             f"{_fmt([s.get('angle_feedback') for s in ok])} | "
             f"{sum(s.get('status') == 'diverged' for s in runs)} | "
@@ -75,7 +76,7 @@ def table(
     if costs:
         lines.append(
             f"× backprop: the training step (rule.step + optimizer step) against backprop's on "
-            f"the same model, batch and optimizer, median of {cfg.cost_repeats} interleaved "
+            f"the same model, batch and optimizer, median of {grid.cost_repeats} interleaved "
             f"block pairs timed after training in this process; s/epoch: wall time of the "
             f"training loop (shared-machine noise included)."
         )
@@ -84,7 +85,7 @@ def table(
                      "after another; `cost_repeats: 0`).")
     if notes:
         lines.append("\\* stopped early by `time_limit`: fewer training steps than the others.")
-    for name, why in skipped.items():
+    for name, why in grid.skipped.items():
         lines.append(f"- skipped {name}: {why}")
     for name, runs in results.items():
         for s in runs:
@@ -95,3 +96,10 @@ def table(
             if s.get("status") == "failed":
                 lines.append(f"- {name} seed {s.get('seed')} failed: {s.get('error')}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _rule(grid: Grid, label: str) -> str:
+    """The arm's rule family, with the rule's name when the label is not the rule's."""
+    rule = grid.arms[label].rule
+    family = rule_info(rule).family
+    return family if rule == label else f"{family} ({rule})"

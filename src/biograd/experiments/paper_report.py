@@ -22,14 +22,13 @@ from biograd.core.errors import ConfigError
 from biograd.core.registry import REFERENCE_RULE
 from biograd.experiments import store
 from biograd.experiments.cost_probe import step_cost_ratios
+from biograd.experiments.grid import COST_REPEATS
 from biograd.experiments.hardware import cpu_name, hardware_info
 from biograd.experiments.store import short
 from biograd.experiments.summary import refresh, report_stem, settle_reports
 from biograd.rundir import ALIGNMENT, read_rows
 
 Results = dict[tuple[str, str], list[dict[str, Any]]]
-#: Paired timing blocks per arm for the cost ratios of the reports.
-COST_REPEATS = 5
 
 
 HELD, PARTLY, NOT_HELD = "held", "partly held", "did not hold"
@@ -185,7 +184,7 @@ class Context:
                     first.setdefault(spec.arm, spec.config)
             key = {"repeats": self.cost_repeats,
                    "arms": {a: {k: v for k, v in vars(c).items()
-                                if k not in ("out_dir", "run_name", "threads", "seeds")}
+                                if k not in ("out_dir", "run_name", "threads")}
                             for a, c in first.items()}}
             got = self.measure(f"cost-{experiment}",
                                lambda: step_cost_ratios(first, self.cost_repeats), key=key,

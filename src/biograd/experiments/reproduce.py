@@ -42,7 +42,6 @@ its JSON summary and ``OUT/README.md``.
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import sys
@@ -53,9 +52,9 @@ from typing import Any
 
 from biograd.core.errors import ConfigError, unknown_name
 from biograd.experiments import store
+from biograd.experiments.grid import COST_REPEATS, Grid, make_arm, merge
 from biograd.experiments.jobs import NOT_STARTED, dry_build, is_finished, run_all
-from biograd.experiments.paper_report import COST_REPEATS
-from biograd.runner.config import Config, apply_override, from_dict
+from biograd.runner.config import Config
 from biograd.runner.train import run_dir_of
 from biograd.runner.validate import check_names
 from biograd.runner.yamlio import parse_scalar, read_yaml
@@ -95,17 +94,6 @@ class Plan:
     settings: dict[str, Any]
     experiments: dict[str, Config] = field(default_factory=dict)  # arm-free config per exp
     runs_dir: str = "runs/reproduce"  # root of the run directories (RUNS/PAPER/BUDGET/...)
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge (nested dicts merged key by key, anything else replaced)."""
-    out = copy.deepcopy(base)
-    for key, value in (extra or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def _check_keys(where: str, data: Any, allowed: set[str]) -> dict[str, Any]:
@@ -174,27 +162,37 @@ def plan(preset: dict[str, Any], budget: str, *, seeds: int | None = None,
     paper, out = preset["paper"], Path(runs_dir) / preset["paper"] / budget
     result = Plan(paper, budget, preset, list(range(n_seeds)), [], settings,
                   runs_dir=str(runs_dir))
-    arms = preset.get("arms") or {}
     for name, exp in (preset.get("experiments") or {}).items():
         if budget not in exp.get("only", BUDGETS):
             continue
-        data = merge(merge(merge(preset.get("base") or {}, bud.get("config") or {}),
-                           exp.get("config") or {}), exp.get(budget) or {})
-        exp_cfg = _resolve(data, run_over, {"out_dir": str(out / name)})
-        result.experiments[name] = exp_cfg
-        for label in exp.get("arms") or list(arms):
-            arm = arms[label]
-            extra = (exp.get("per_arm") or {}).get(label) or {}
-            arm_data = merge(merge(merge(data, arm.get("config") or {}), arm.get(budget) or {}),
-                             extra.get("config") or {})
-            rule_args = merge(arm.get("rule_args") or {}, extra.get("rule_args") or {})
-            for seed in result.seeds:
-                cfg = _resolve(arm_data, run_over, {
-                    "rule": arm["rule"], "rule_args": rule_args,
-                    "seed": seed, "out_dir": str(out / name), "run_name": f"{label}-s{seed}",
-                    "rules": [arm["rule"]], "seeds": [seed]})
-                result.runs.append(RunSpec(name, label, seed, cfg))
+        grid = experiment_grid(preset, budget, name, result.seeds, run_over)
+        result.experiments[name] = grid.base_config(out / name)
+        for run in grid.runs(out / name):
+            result.runs.append(RunSpec(name, run.arm, run.seed, run.config))
     return result
+
+
+def experiment_grid(preset: dict[str, Any], budget: str, name: str, seeds: list[int],
+                    overrides: list[str] | tuple[str, ...] = ()) -> Grid:
+    """The preset's experiment ``name`` in ``budget`` as a :class:`~biograd.experiments.grid.Grid`
+    (the format ``biograd compare`` reads): base = preset base <- budget config <- experiment
+    config <- experiment[budget]; each arm's config = arm config <- arm[budget] <-
+    experiment.per_arm[arm].config, its rule_args = arm rule_args <- per_arm rule_args."""
+    exp, arms = preset["experiments"][name], preset.get("arms") or {}
+    bud = (preset.get("budgets") or {}).get(budget) or {}
+    base = merge(merge(merge(preset.get("base") or {}, bud.get("config") or {}),
+                       exp.get("config") or {}), exp.get(budget) or {})
+    grid_arms = {}
+    for label in exp.get("arms") or list(arms):
+        arm = arms[label]
+        extra = (exp.get("per_arm") or {}).get(label) or {}
+        config = merge(merge(arm.get("config") or {}, arm.get(budget) or {}),
+                       extra.get("config") or {})
+        grid_arms[label] = make_arm(label, {
+            "rule": arm["rule"], "config": config,
+            "rule_args": merge(arm.get("rule_args") or {}, extra.get("rule_args") or {})},
+            where=f"preset {preset['paper']} arms")
+    return Grid(base, grid_arms, list(seeds), list(overrides))
 
 
 def _set_dotted(settings: dict[str, Any], item: str) -> None:
@@ -210,13 +208,6 @@ def _set_dotted(settings: dict[str, Any], item: str) -> None:
     for part in parents:
         node = node.setdefault(part, {})
     node[last] = parse_scalar(text)
-
-
-def _resolve(data: dict[str, Any], overrides: list[str], fixed: dict[str, Any]) -> Config:
-    data = merge(data, {})
-    for item in overrides:
-        apply_override(data, item)
-    return from_dict({**data, **fixed})
 
 
 def runs_root(p: Plan) -> Path:

@@ -49,18 +49,17 @@ from typing import Any
 
 from biograd import rundir
 from biograd.experiments.hardware import cpu_name
-from biograd.runner.config import Config
+from biograd.runner.config import LEGACY_KEYS, Config
 
 FINGERPRINT = "fingerprint.json"
 STALE_DIR = ".stale"
 #: config keys that never change what a run computes, left out of the config check and hash:
 #: where the run is stored (out_dir, run_name, data_dir), how fast or on what it runs (threads,
 #: device, dist_backend: results agree up to floating-point rounding), what is kept of it
-#: (checkpoint_every, keep_checkpoints, tensorboard) and keys only ``biograd compare`` reads
-#: (rules, seeds, rule_args_per_rule, config_per_rule, cost_repeats)
+#: (checkpoint_every, keep_checkpoints, tensorboard) and the comparison keys that run configs
+#: held before issue 14 (:data:`biograd.runner.config.LEGACY_KEYS`, still in stored runs)
 IGNORED_KEYS = ("out_dir", "run_name", "data_dir", "threads", "device", "dist_backend",
-                "checkpoint_every", "keep_checkpoints", "tensorboard", "rules", "seeds",
-                "rule_args_per_rule", "config_per_rule", "cost_repeats")
+                "checkpoint_every", "keep_checkpoints", "tensorboard", *LEGACY_KEYS)
 #: packages whose modules a rule's code fingerprint follows through imports
 CODE_PACKAGES = ("biograd.core", "biograd.ops", "biograd.rules", "biograd.graph",
                  "biograd.metrics", "biograd.models")

@@ -20,15 +20,17 @@ from biograd.runner.device import BACKENDS, check_device_name
 from biograd.runner.yamlio import parse_scalar, read_yaml
 
 OPTIMIZERS = ("sgd", "adam")
-#: keys a comparison sets itself for each sub-run (config_per_rule may not override them)
-PER_RULE_FIXED = ("rule", "rule_args", "seed", "out_dir", "run_name", "rules", "seeds",
-                  "rule_args_per_rule", "config_per_rule", "cost_repeats")
+#: keys a run's config.yaml held before issue 14 moved comparisons to their own grid format
+#: (:mod:`biograd.experiments.grid`); only ``biograd compare`` read them, so a saved config
+#: that holds them describes the same run without them
+LEGACY_KEYS = ("rules", "seeds", "rule_args_per_rule", "config_per_rule", "cost_repeats")
 SCHEDULERS = ("none", "cosine")
 
 
 @dataclass
 class Config:
-    """Everything a training run (``biograd train``) or a comparison (``biograd compare``) reads."""
+    """Everything one training run (``biograd train``) reads; a comparison or a paper's
+    experiment is a grid of these (:mod:`biograd.experiments.grid`)."""
 
     # what is trained
     rule: str = "backprop"
@@ -70,12 +72,6 @@ class Config:
     max_loss: float = 1e4
     time_limit: float | None = None
     tensorboard: bool = False
-    # comparison (biograd compare)
-    rules: list[str] | str = "all"
-    seeds: list[int] = field(default_factory=lambda: [0])
-    rule_args_per_rule: dict[str, dict[str, Any]] = field(default_factory=dict)
-    config_per_rule: dict[str, dict[str, Any]] = field(default_factory=dict)
-    cost_repeats: int = 5
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field (what ``config.yaml`` holds)."""
@@ -124,6 +120,11 @@ def _matches(value: Any, hint: Any) -> bool:
 
 
 def _unknown_key(key: str) -> ConfigError:
+    if key in ("base", "arms", "per_arm", "name", *LEGACY_KEYS):
+        return ConfigError(
+            f"config key {key!r} belongs to a comparison, not to one run: run a comparison file "
+            "with `biograd compare --config FILE` (its format: docs/usage.md, 'Comparing "
+            "rules')")
     return ConfigError(
         f"unknown config key {key!r}.{close_matches(key, FIELDS)} "
         f"Valid keys: {', '.join(FIELDS)}."
@@ -143,8 +144,7 @@ def _check_range(cfg: Config) -> None:
     for key in ("feedback_lr", "time_limit"):
         if getattr(cfg, key) is not None and not getattr(cfg, key) > 0:
             raise bad(key, "> 0 (or null)")
-    for key in ("momentum", "weight_decay", "threads", "alignment_every", "checkpoint_every",
-                "cost_repeats"):
+    for key in ("momentum", "weight_decay", "threads", "alignment_every", "checkpoint_every"):
         if getattr(cfg, key) < 0:
             raise bad(key, ">= 0")
     for key in ("feedback_weight_decay", "feedback_epochs", "extra_feedback_epochs"):
@@ -167,19 +167,6 @@ def _check_range(cfg: Config) -> None:
                 f"config key {key!r}: unknown {key} {getattr(cfg, key)!r}."
                 f"{close_matches(getattr(cfg, key), choices)} Valid: {', '.join(choices)}."
             )
-    if isinstance(cfg.rules, str) and cfg.rules != "all":
-        raise bad("rules", "a list of rule names or 'all'")
-    if not cfg.seeds:
-        raise bad("seeds", "a non-empty list of integers")
-    for rule, overrides in cfg.config_per_rule.items():
-        for key in overrides:
-            if key not in FIELDS:
-                raise ConfigError(f"config_per_rule.{rule}: {_unknown_key(key)}")
-            if key in PER_RULE_FIXED:
-                raise ConfigError(
-                    f"config key 'config_per_rule.{rule}.{key}' cannot be set per rule"
-                    + (" (use rule_args_per_rule)" if key == "rule_args" else "")
-                )
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -221,7 +208,7 @@ def load_config(
     base: dict[str, Any] | None = None,
 ) -> Config:
     """Defaults <- ``base`` (e.g. a saved run's config) <- YAML ``path`` <- ``overrides``."""
-    data: dict[str, Any] = dict(base or {})
+    data: dict[str, Any] = without_legacy(base or {})
     if path is not None:
         data.update(read_yaml(path))
     for item in overrides:
@@ -229,9 +216,16 @@ def load_config(
     return from_dict(data)
 
 
+def without_legacy(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved ``config.yaml`` without :data:`LEGACY_KEYS`."""
+    return {k: v for k, v in saved.items() if k not in LEGACY_KEYS}
+
+
 def same_config(saved: dict[str, Any], current: Config) -> bool:
     """Whether a saved ``config.yaml`` describes the same run as ``current``: every saved key
-    equal, and every key the saved file lacks (added in a later biograd) at its default."""
+    equal (:data:`LEGACY_KEYS` left out), and every key the saved file lacks (added in a later
+    biograd) at its default."""
+    saved = without_legacy(saved)
     now = current.to_dict()
     defaults = Config().to_dict()
     if set(saved) - set(now):

@@ -28,28 +28,14 @@ def check_names(cfg: Config) -> None:
                 f"config key {key!r}: unknown {key} {value!r}.{close_matches(value, valid)} "
                 f"Valid: {', '.join(valid)}."
             )
-    names = list_rules() if cfg.rules == "all" else cfg.rules
-    per_rule = [("rule_args", cfg.rule, cfg.rule_args)] + [
-        (f"rule_args_per_rule.{n}", n, a) for n, a in cfg.rule_args_per_rule.items()
-    ]
-    groups = {"rules": names, "rule_args_per_rule": cfg.rule_args_per_rule,
-              "config_per_rule": cfg.config_per_rule}
-    for key, value in groups.items():
-        for name in value:
-            if name not in tables["rule"]:
-                raise ConfigError(
-                    f"config key {key!r}: unknown rule {name!r}."
-                    f"{close_matches(name, tables['rule'])} Valid: {', '.join(tables['rule'])}."
-                )
-    for where, name, args in per_rule:
-        hparams = rule_info(name).hparams
-        for arg in args:
-            if arg not in hparams:
-                raise ConfigError(
-                    f"config key '{where}.{arg}': rule {name!r} has no hyper-parameter "
-                    f"{arg!r}.{close_matches(arg, hparams)} "
-                    f"Its hyper-parameters: {', '.join(hparams) or '(none)'}."
-                )
+    hparams = rule_info(cfg.rule).hparams
+    for arg in cfg.rule_args:
+        if arg not in hparams:
+            raise ConfigError(
+                f"config key 'rule_args.{arg}': rule {cfg.rule!r} has no hyper-parameter "
+                f"{arg!r}.{close_matches(arg, hparams)} "
+                f"Its hyper-parameters: {', '.join(hparams) or '(none)'}."
+            )
 
 
 def check_supported(cfg: Config) -> None:
