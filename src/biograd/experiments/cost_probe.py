@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from biograd.core.registry import create_rule
+from biograd.core.registry import REFERENCE_RULE, create_rule
 from biograd.core.rule import LearningRule
 from biograd.metrics.cost import CostEntry, device_sync, measure, training_step
 from biograd.runner.config import Config
@@ -74,7 +74,7 @@ def step_cost_ratios(subs: dict[str, Config], repeats: int) -> dict[str, float]:
     ratios: dict[str, float] = {}
     for name, sub in subs.items():
         try:
-            if sub.rule == "backprop":
+            if sub.rule == REFERENCE_RULE:
                 ratios[name] = 1.0
                 continue
             device = resolve_device(sub.device)
@@ -86,7 +86,7 @@ def step_cost_ratios(subs: dict[str, Config], repeats: int) -> dict[str, float]:
                 datasets[key] = load_data(sub)
             data = datasets[key]
             with fork_rng(device):
-                ref = _entry(sub, "backprop", {}, data, device)
+                ref = _entry(sub, REFERENCE_RULE, {}, data, device)
                 entry = _entry(sub, sub.rule, sub.rule_args, data, device)
                 measure(ref, [entry], repeats, block_seconds=BLOCK_SECONDS, clock=clock,
                         sync=device_sync(device))
