@@ -29,6 +29,13 @@ from biograd.experiments.summary import refresh, report_stem, settle_reports
 from biograd.rundir import ALIGNMENT, read_rows
 
 Results = dict[tuple[str, str], list[dict[str, Any]]]
+#: statuses of a run that did not finish training (it counts against a rule's stability)
+LOST = ("diverged", "failed")
+
+
+def lost(run: dict[str, Any]) -> bool:
+    """Whether ``run`` (a run summary) diverged or failed."""
+    return run.get("status") in LOST
 
 
 HELD, PARTLY, NOT_HELD = "held", "partly held", "did not hold"
@@ -326,7 +333,7 @@ def cost_table(ctx: Context, exps: list[str], arms: list[str]) -> list[str]:
 def acc_cell(runs: list[dict[str, Any]]) -> str:
     """Test accuracy % (mean ± std over completed seeds) and how many runs diverged/failed."""
     text = cell(accuracies(runs))
-    bad = [s.get("status") for s in runs if s.get("status") in ("diverged", "failed")]
+    bad = [s.get("status") for s in runs if lost(s)]
     if bad:
         kinds = ", ".join(f"{bad.count(k)} {k}" for k in dict.fromkeys(bad))
         text = f"{text} ({kinds} of {len(runs)})" if text != "-" else f"{kinds} of {len(runs)}"
@@ -547,8 +554,7 @@ def write(ctx: Context, section: Section) -> dict[str, Any]:
               f"{run_wall:.0f} s over the {len(walls)} runs that recorded it"
               f"{'' if len(walls) == len(here) else f' ({len(here) - len(walls)} did not)'}; "
               f"training steps of all {len(here)} runs: {train_s:.0f} s", ""]
-    bad = [(e, a, s) for (e, a), runs in ctx.results.items() for s in runs
-           if s.get("status") in ("diverged", "failed")]
+    bad = [(e, a, s) for (e, a), runs in ctx.results.items() for s in runs if lost(s)]
     if bad:
         lines += ["## Diverged and failed runs", ""]
         for e, a, s in bad:

@@ -29,6 +29,7 @@ from biograd.experiments.paper_report import (
     cell,
     completed,
     cost_table,
+    lost,
     mean_std,
     num,
     verdict_of,
@@ -64,7 +65,7 @@ def _error(ctx: Context, exp: str, arm: str) -> tuple[float, float, int, int]:
 
 def _unstable(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Diverged or failed runs, and completed runs that ended at chance (< CHANCE_ACC %)."""
-    return [s for s in runs if s.get("status") in ("diverged", "failed")
+    return [s for s in runs if lost(s)
             or (s in completed(runs) and 100 * s["test_acc"] < CHANCE_ACC)]
 
 

@@ -25,6 +25,7 @@ from biograd.experiments.paper_report import (
     accuracies,
     cost_table,
     learning_curves,
+    lost,
     mean_std,
     verdict_of,
 )
@@ -279,15 +280,15 @@ def _accuracy_claim(ctx: Context, exps: list[str], arms: list[str], points: floa
 
     gaps = {(e, a): mean(e, bp) - mean(e, a) for e in testable for a in arms}
     # a seed that diverged (or failed) did not keep performance, whatever the others reached
-    lost = {(e, a): sum(s.get("status") in ("diverged", "failed") for s in ctx.runs(e, a))
+    lost_runs = {(e, a): sum(lost(s) for s in ctx.runs(e, a))
             for e in testable for a in arms}
-    kept = sum(g <= points and not lost[k] for k, g in gaps.items())
+    kept = sum(g <= points and not lost_runs[k] for k, g in gaps.items())
     stat = "; ".join(f"{e}: BP {_pm(accuracies(ctx.runs(e, bp)))}, " + ", ".join(
         f"{a} {_pm(accuracies(ctx.runs(e, a)))} (BP - {a} {gaps[e, a]:+.2f})" for a in arms)
         for e in testable)
     note = "".join(f" Not testable on {w}." for w in why.values() if w)
     note += "".join(f" {e} {a}: {n} of {len(ctx.runs(e, a))} seeds diverged (mean over the "
-                    "others; the cell counts as not kept)." for (e, a), n in lost.items() if n)
+                    "others; the cell counts as not kept)." for (e, a), n in lost_runs.items() if n)
     return Claim(text, verdict_of(kept, len(gaps)),
                  f"{kept}/{len(gaps)} (experiment, arm) cells within {points:g} points of "
                  "backprop on every seed." + note, statistic="test accuracy %: " + stat,
