@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,46 @@ def train(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict
         ddp.close()
 
 
+@dataclass
+class _Run:
+    """What one training run holds while it trains (built by :func:`_train`)."""
+
+    cfg: Config
+    ddp: Dist
+    out: Path
+    data: RunData
+    rule: LearningRule
+    opt: torch.optim.Optimizer
+    sched: Any
+    train_x: Tensor
+    train_y: Tensor
+    history: list[dict[str, Any]]
+    align_rows: list[dict[str, Any]]
+    writer: Any
+    guard: StepGuard
+    step: int
+    first_step: int = 0  # the step this invocation started at (a fresh or resumed process)
+    started: float = field(default_factory=time.perf_counter)
+    status: str = "completed"
+    reason: str | None = None
+    truncated: bool = False
+
+    def checkpoint(self, epoch: int, batch: int, partial: dict[str, Any]) -> None:
+        """Save everything a resume needs (rank 0)."""
+        if self.ddp.is_main:
+            dev, sched = self.ddp.device, self.sched
+            rundir.save_checkpoint(self.out, {
+                "format": 1, "epoch": epoch, "batch": batch, "step": self.step,
+                "partial": partial, "rule": self.rule.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "torch_rng": torch.get_rng_state(), **rundir.host_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+                "history": self.history, "alignment": self.align_rows,
+                "config": self.cfg.to_dict(),
+            }, keep=self.cfg.keep_checkpoints)
+
+
 def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str, Any]:
     # -- set up: threads, seeds, data, model, rule, optimizer, scheduler -----------------------
     writer_cls = tensorboard_writer(cfg)
@@ -168,8 +209,6 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
              if cfg.scheduler == "cosine" else None)
     train_x, train_y = on_device_if_it_fits(data.train_x, data.train_y, ddp.device)
-    probe_x = data.train_x[: cfg.alignment_batch]
-    probe_y = data.train_y[: cfg.alignment_batch]
 
     # -- resume (or start fresh) and prepare the run directory on rank 0 -----------------------
     ck, refused = _resume_state(out, ddp) if resume else (_fresh_state(), [])
@@ -179,120 +218,122 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
     align_rows: list[dict[str, Any]] = list(ck["alignment"])
     ddp.on_main(lambda: _start_run_dir(cfg, out, history, align_rows, refused,
                                        overwrite=overwrite, resume=resume))
-    main = ddp.is_main
-    writer = writer_cls(str(out / "tensorboard")) if writer_cls and main else None
+    writer = writer_cls(str(out / "tensorboard")) if writer_cls and ddp.is_main else None
+    run = _Run(cfg, ddp, out, data, rule, opt, sched, train_x, train_y, history, align_rows,
+               writer, StepGuard(rule, cfg.max_loss), int(ck["step"]), int(ck["step"]))
 
-    def checkpoint(epoch: int, batch: int, partial: dict[str, Any]) -> None:
-        if main:
-            rundir.save_checkpoint(out, {
-                "format": 1, "epoch": epoch, "batch": batch, "step": step, "partial": partial,
-                "rule": rule.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else None,
-                "torch_rng": torch.get_rng_state(), **rundir.host_rng_state(),
-                "cuda_rng": (torch.cuda.get_rng_state(ddp.device)
-                             if ddp.device.type == "cuda" else None),
-                "history": history, "alignment": align_rows, "config": cfg.to_dict(),
-            }, keep=cfg.keep_checkpoints)
-
-    # -- train -------------------------------------------------------------------------------
-    step, status, reason, truncated = int(ck["step"]), "completed", None, False
-    started = time.perf_counter()
-    guard, first_step = StepGuard(rule, cfg.max_loss), step
-    n = len(train_x)
+    # -- train: feedback-only epochs where the rule asks for them, then epoch by epoch ---------
     fb_before, fb_after = feedback_schedule(cfg, rule)
     fb_seconds = 0.0  # feedback-only epochs count into the next epoch's seconds
     if fb_before and not resume:
         fb_seconds = _feedback_epochs(cfg, rule, ddp, train_x, train_y, fb_before, tag=0)
     for epoch in range(int(ck["epoch"]), cfg.epochs):
-        order = torch.randperm(n, generator=_epoch_generator(cfg.seed, epoch))
-        batches = order.to(train_x.device).split(cfg.batch_size)
         first = int(ck["batch"]) if epoch == int(ck["epoch"]) else 0
         tally = Tally.from_state(ck["partial"]) if first else Tally()
-        bar = tqdm(range(first, len(batches)), desc=f"{cfg.rule} epoch {epoch + 1}",
-                   disable=not (main and sys.stderr.isatty()), leave=False)
-        t0, cut = time.perf_counter(), False
-        for b in bar:
-            opt.zero_grad(set_to_none=True)
-            loss, correct, count, metrics = ddp.step(rule, train_x, train_y, batches[b])
-            reason = guard.loss(loss)
-            if reason is not None:
-                status = "diverged"
-                break
-            opt.step()
-            ddp.sync_state(rule)
-            if step == first_step:  # a rule may create parameters in its first step
-                guard.refresh()
-            time_up = bool(cfg.time_limit) and not ddp.all_ok(
-                time.perf_counter() - started <= cfg.time_limit)
-            ck_due = bool(cfg.checkpoint_every) and (step + 1) % cfg.checkpoint_every == 0
-            # every rank checks where rank 0 logs angles (all ranks must stop together)
-            align_due = bool(cfg.alignment_every) and (step + 1) % cfg.alignment_every == 0
-            reason = guard.update(step + 1, force=time_up or ck_due or align_due
-                                  or b + 1 == len(batches))
-            if reason is not None:  # a non-finite update or parameter: diverged at this step
-                status = "diverged"
-                break
-            step += 1
-            tally.add(loss, correct, count, metrics)
-            if not bar.disable:
-                bar.set_postfix(loss=f"{loss:.4f}")
-            if writer:
-                writer.add_scalar("train/loss", loss, step)
-                for key, value in metrics.items():
-                    writer.add_scalar(f"train/{METRIC_PREFIX}{key}", value, step)
-            if main and align_due:
-                t_a = time.perf_counter()
-                align_rows.append({"step": step, "epoch": epoch + 1,
-                                   "train_loss": tally.take_window(),
-                                   **angles(rule, probe_x, probe_y)})
-                rundir.write_rows(out / rundir.ALIGNMENT, align_rows)
-                t0 += time.perf_counter() - t_a
-            if time_up:
-                truncated = b + 1 < len(batches) or epoch + 1 < cfg.epochs
-                cut = b + 1 < len(batches)
-                if cut:
-                    break
-            if ck_due and b + 1 < len(batches):
-                checkpoint(epoch, b + 1, tally.state(time.perf_counter() - t0))
-        bar.close()
-        if status == "diverged":
+        cut, seconds = _train_epoch(run, epoch, first, tally)
+        if run.status == "diverged":
             break
-
         # -- end of epoch: scheduler, feedback-only epochs, evaluation, logs, checkpoint ------
         if sched is not None:
             sched.step()
-        tally.seconds += time.perf_counter() - t0 + fb_seconds
+        tally.seconds += seconds + fb_seconds
         fb_seconds = 0.0
         if fb_after and not cut and epoch + 1 < cfg.epochs:  # Meulemans et al.'s extra epoch
             tally.seconds += _feedback_epochs(cfg, rule, ddp, train_x, train_y, fb_after,
                                               tag=epoch + 1)
-        row = _epoch_row(cfg, rule, data, tally, epoch, step, opt.param_groups[0]["lr"])
-        history.append(row)
-        if main:
-            print(f"[{cfg.rule}] epoch {epoch + 1}/{cfg.epochs}: "
-                  f"train_loss {row['train_loss']:.4f} test_acc {row['test_acc']:.4f} "
-                  f"({row['seconds']:.1f}s)", file=sys.stderr, flush=True)
-            rundir.write_rows(out / rundir.METRICS, history)
-        if writer:
-            for key, value in row.items():
-                if value is not None and key not in ("epoch", "step"):
-                    writer.add_scalar(f"epoch/{key}", value, epoch + 1)
+        _log_epoch(run, _epoch_row(cfg, rule, data, tally, epoch, run.step,
+                                   opt.param_groups[0]["lr"]))
         if not cut:
-            checkpoint(epoch + 1, 0, {})
-        if truncated:
+            run.checkpoint(epoch + 1, 0, {})
+        if run.truncated:
             break
 
     # -- summary -----------------------------------------------------------------------------
     if writer:
         writer.close()
-    steps_per_epoch = len(range(0, n, cfg.batch_size))
-    summary = _summary(cfg, out, history, status, step, reason, truncated, rule, steps_per_epoch)
+    steps_per_epoch = len(range(0, len(train_x), cfg.batch_size))
+    summary = _summary(cfg, out, history, run.status, run.step, run.reason, run.truncated,
+                       rule, steps_per_epoch)
     summary["device"] = str(ddp.device)
     summary["world_size"] = ddp.world_size
     summary["threads"] = torch.get_num_threads()
-    if main:
+    if ddp.is_main:
         rundir.write_json(out / rundir.SUMMARY, summary)
     return summary
+
+
+def _train_epoch(run: _Run, epoch: int, first: int, tally: Tally) -> tuple[bool, float]:
+    """Train ``epoch`` from batch ``first`` on: step, divergence checks, alignment rows, time
+    limit, mid-epoch checkpoints. Returns whether the time limit cut the epoch short and the
+    seconds it trained (alignment rows not counted); a divergence sets ``run.status``."""
+    cfg, rule, opt, guard = run.cfg, run.rule, run.opt, run.guard
+    batches = torch.randperm(len(run.train_x), generator=_epoch_generator(cfg.seed, epoch))
+    batches = batches.to(run.train_x.device).split(cfg.batch_size)
+    bar = tqdm(range(first, len(batches)), desc=f"{cfg.rule} epoch {epoch + 1}",
+               disable=not (run.ddp.is_main and sys.stderr.isatty()), leave=False)
+    t0, cut = time.perf_counter(), False
+    probe = slice(0, cfg.alignment_batch)
+    for b in bar:
+        opt.zero_grad(set_to_none=True)
+        loss, correct, count, metrics = run.ddp.step(rule, run.train_x, run.train_y, batches[b])
+        run.reason = guard.loss(loss)
+        if run.reason is not None:
+            run.status = "diverged"
+            break
+        opt.step()
+        run.ddp.sync_state(rule)
+        if run.step == run.first_step:  # a rule may create parameters in its first step
+            guard.refresh()
+        time_up = bool(cfg.time_limit) and not run.ddp.all_ok(
+            time.perf_counter() - run.started <= cfg.time_limit)
+        ck_due = bool(cfg.checkpoint_every) and (run.step + 1) % cfg.checkpoint_every == 0
+        # every rank checks where rank 0 logs angles (all ranks must stop together)
+        align_due = bool(cfg.alignment_every) and (run.step + 1) % cfg.alignment_every == 0
+        run.reason = guard.update(run.step + 1, force=time_up or ck_due or align_due
+                                  or b + 1 == len(batches))
+        if run.reason is not None:  # a non-finite update or parameter: diverged at this step
+            run.status = "diverged"
+            break
+        run.step += 1
+        tally.add(loss, correct, count, metrics)
+        if not bar.disable:
+            bar.set_postfix(loss=f"{loss:.4f}")
+        if run.writer:
+            run.writer.add_scalar("train/loss", loss, run.step)
+            for key, value in metrics.items():
+                run.writer.add_scalar(f"train/{METRIC_PREFIX}{key}", value, run.step)
+        if run.ddp.is_main and align_due:
+            t_a = time.perf_counter()
+            run.align_rows.append({"step": run.step, "epoch": epoch + 1,
+                                   "train_loss": tally.take_window(),
+                                   **angles(rule, run.data.train_x[probe],
+                                            run.data.train_y[probe])})
+            rundir.write_rows(run.out / rundir.ALIGNMENT, run.align_rows)
+            t0 += time.perf_counter() - t_a
+        if time_up:
+            run.truncated = b + 1 < len(batches) or epoch + 1 < cfg.epochs
+            cut = b + 1 < len(batches)
+            if cut:
+                break
+        if ck_due and b + 1 < len(batches):
+            run.checkpoint(epoch, b + 1, tally.state(time.perf_counter() - t0))
+    bar.close()
+    return cut, time.perf_counter() - t0
+
+
+def _log_epoch(run: _Run, row: dict[str, Any]) -> None:
+    """Append ``row`` to metrics.csv (and TensorBoard) and print the epoch's line (rank 0)."""
+    run.history.append(row)
+    cfg = run.cfg
+    if run.ddp.is_main:
+        print(f"[{cfg.rule}] epoch {row['epoch']}/{cfg.epochs}: "
+              f"train_loss {row['train_loss']:.4f} test_acc {row['test_acc']:.4f} "
+              f"({row['seconds']:.1f}s)", file=sys.stderr, flush=True)
+        rundir.write_rows(run.out / rundir.METRICS, run.history)
+    if run.writer:
+        for key, value in row.items():
+            if value is not None and key not in ("epoch", "step"):
+                run.writer.add_scalar(f"epoch/{key}", value, row["epoch"])
 
 
 def _fresh_state() -> dict[str, Any]:
