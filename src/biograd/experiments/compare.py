@@ -50,11 +50,6 @@ def compare(grid: Grid, *, overwrite: bool = False, jobs: int = 1) -> dict[str, 
     if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
         raise ConfigError("biograd compare does not run under torchrun (WORLD_SIZE > 1): "
                           "launch each `biograd train` with torchrun, or compare without it")
-    if base.rule_args:
-        raise ConfigError(
-            "base key 'rule_args' applies to one rule; in a comparison give each arm's "
-            "hyper-parameters under arms.LABEL.rule_args (or per_arm.LABEL.rule_args)"
-        )
     tensorboard_writer(base)
     out = compare_dir_of(grid)
     runs = grid.runs(out)

@@ -92,6 +92,9 @@ class Grid:
     cost_repeats: int = COST_REPEATS
     skipped: dict[str, str] = field(default_factory=dict)  # label -> why (arms: all)
 
+    def __post_init__(self) -> None:
+        _check_config_keys("base", self.base)  # no rule, rule_args, seed or run_name there
+
     def base_config(self, out_dir: str | Path | None = None) -> Config:
         """The arm-free config (base <- overrides), e.g. for the model and dataset."""
         data = _overridden(self.base, self.overrides)
