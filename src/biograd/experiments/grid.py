@@ -41,10 +41,9 @@ GRID_KEYS = ("base", "arms", "per_arm", "seeds", "name", "cost_repeats")
 ARM_FIXED = ("rule", "rule_args", "seed", "run_name")
 _ARM_KEYS = ("rule", "rule_args", "config")
 #: the flat comparison keys before issue 14, and where each went
-_MOVED = {"rules": "arms", "seeds": "seeds (a grid key beside base)",
-          "rule_args_per_rule": "per_arm.RULE.rule_args",
-          "config_per_rule": "per_arm.RULE.config", "cost_repeats": "cost_repeats (a grid key)",
-          "run_name": "name (the comparison's folder)"}
+#: (``seeds`` and ``cost_repeats`` kept their names as grid keys)
+_MOVED = {"rules": "arms", "rule_args_per_rule": "per_arm.RULE.rule_args",
+          "config_per_rule": "per_arm.RULE.config", "run_name": "name (the comparison's folder)"}
 #: paired timing blocks per arm for the cost ratios of comparisons and paper reports
 COST_REPEATS = 5
 
