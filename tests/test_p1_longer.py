@@ -1,0 +1,56 @@
+"""P1's longer-budget check (papers/p1_longer.py): where LRA-E loses a cell by more than the
+seeds' spread, LRA-E and the winner are retrained through the engine with
+``settings.longer_epochs_factor`` times the epochs and the report states what that changed."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from biograd.experiments.paper_report import Context, mean_std
+from biograd.experiments.reproduce import plan
+from biograd.papers import load_preset
+from biograd.papers.p1_longer import longer_check
+
+TINY = ["dataset=synthetic", "dataset_args.n=48", "dataset_args.input_shape=[1,28,28]",
+        "dataset_args.num_classes=10", "train_subset=32", "test_subset=16", "epochs=1",
+        "batch_size=16", "alignment_batch=8", "eval_batch_size=16", "threads=1",
+        "model_args.hidden=[8]"]
+ARMS = ("lra_e", "direct_feedback_alignment")
+
+
+def _ctx(tmp_path: Path, *extra: str, measure: bool = True) -> Context:
+    p = plan(load_preset("p1-lra"), "standard", runs_dir=tmp_path, overrides=[*TINY, *extra])
+    return Context(p, {}, tmp_path / "out", 0.0, [], measure_missing=measure)
+
+
+def test_retrains_both_arms_every_seed_with_more_epochs_and_reports_it(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    assert ctx.plan.settings["longer_epochs_factor"] == 2  # the standard budget asks for it
+    text = longer_check(ctx, "mnist-d8", ARMS, gap=1.5)
+    stored = json.loads((ctx.measurements_dir / "longer-mnist-d8.json").read_text())
+    runs = stored["result"]["runs"]
+    assert stored["result"]["epochs"] == 2
+    assert sorted((r["arm"], r["seed"]) for r in runs) == sorted(
+        (a, s) for a in ARMS for s in (0, 1, 2))
+    assert all(r["status"] == "completed" for r in runs)
+    errs = {a: mean_std([100 * (1 - r["test_acc"]) for r in runs if r["arm"] == a])[0]
+            for a in ARMS}
+    assert f"LRA-E {errs['lra_e']:.2f} ±" in text
+    assert f"direct_feedback_alignment {errs['direct_feedback_alignment']:.2f} ±" in text
+    diff = errs["lra_e"] - errs["direct_feedback_alignment"]
+    assert f"difference {diff:+.2f}; +1.50 at 1 epochs" in text
+    assert re.search(r"closes -?\d+% of it", text)
+    # stored: a second report reads it without training (nothing may be measured now)
+    again = longer_check(_ctx(tmp_path, measure=False), "mnist-d8", ARMS, gap=1.5)
+    assert again == text
+
+
+def test_nothing_without_the_setting_and_not_measured_when_nothing_may_train(
+        tmp_path: Path) -> None:
+    assert longer_check(_ctx(tmp_path, "settings.longer_epochs_factor=0"), "mnist-d8", ARMS,
+                        gap=1.0) == ""
+    text = longer_check(_ctx(tmp_path, measure=False), "mnist-d8", ARMS, gap=1.0)
+    assert text == " mnist-d8 with 2x the epochs: not measured."
+    assert not (tmp_path / "p1-lra" / "standard" / "_measurements").exists()
