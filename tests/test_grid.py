@@ -87,6 +87,7 @@ def test_a_comparison_file_resolves_to_the_runs_of_the_preset_it_copies(tmp_path
     ({"arms": "some"}, [], "grid key 'arms' must be 'all'"),
     ({"arms": ["backprop", "nope"]}, [], "arms.nope: unknown rule 'nope'"),
     ({"arms": {"a": {"rule": "dtp", "args": {}}}}, [], "arms.a: unknown key 'args'"),
+    ({"arms": {"a/b": {"rule": "dtp"}}}, [], "arm label 'a/b' must be a folder name"),
     ({"arms": {"a": {"rule": "dtp", "config": {"seed": 1}}}}, [], "arms.a.config.seed"),
     ({"arms": {"a": {"rule": "dtp", "rule_args": {"betta": 1}}}}, [],
      "arms.a.rule_args.betta: rule 'dtp' has no hyper-parameter 'betta'. Did you mean 'beta'"),

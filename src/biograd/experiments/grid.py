@@ -150,6 +150,9 @@ def _check_config_keys(where: str, data: dict[str, Any]) -> None:
 
 def make_arm(label: str, data: Any, where: str = "arms") -> Arm:
     """An :class:`Arm` from ``{rule, rule_args, config}`` (``rule`` defaults to ``label``)."""
+    if not isinstance(label, str) or not label or "/" in label or label.startswith("."):
+        raise ConfigError(f"{where}: arm label {label!r} must be a folder name (its runs go "
+                          "to LABEL-sSEED)")
     data = _mapping(f"{where}.{label}", data)
     bad = sorted(set(data) - set(_ARM_KEYS))
     if bad:
