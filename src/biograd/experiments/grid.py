@@ -32,7 +32,7 @@ from biograd.core.errors import ConfigError, close_matches
 from biograd.core.registry import REFERENCE_RULE, list_rules, rule_info
 from biograd.runner.config import FIELDS, Config, apply_override, from_dict
 from biograd.runner.models import model_kind
-from biograd.runner.validate import check_names
+from biograd.runner.validate import check_names, check_rule_args
 from biograd.runner.yamlio import parse_scalar, read_yaml
 
 #: the keys of a comparison file
@@ -174,13 +174,7 @@ def check_arm_names(grid: Grid) -> None:
         if arm.rule not in rules:
             raise ConfigError(f"arms.{arm.label}: unknown rule {arm.rule!r}."
                               f"{close_matches(arm.rule, rules)} Valid: {', '.join(rules)}.")
-        hparams = rule_info(arm.rule).hparams
-        for arg in arm.rule_args:
-            if arg not in hparams:
-                raise ConfigError(
-                    f"arms.{arm.label}.rule_args.{arg}: rule {arm.rule!r} has no "
-                    f"hyper-parameter {arg!r}.{close_matches(arg, hparams)} "
-                    f"Its hyper-parameters: {', '.join(hparams) or '(none)'}.")
+        check_rule_args(arm.rule, arm.rule_args, f"arms.{arm.label}.rule_args.{{}}")
 
 
 def _arms(spec: Any, per_arm: dict[str, Any], model: str) -> tuple[dict[str, Arm], dict[str, str]]:

@@ -4,6 +4,8 @@ they import the registries (config.py itself stays import-light)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import biograd.data
 from biograd.core.errors import ConfigError, UnsupportedModelError, close_matches
 from biograd.core.losses import LOSSES
@@ -28,11 +30,17 @@ def check_names(cfg: Config) -> None:
                 f"config key {key!r}: unknown {key} {value!r}.{close_matches(value, valid)} "
                 f"Valid: {', '.join(valid)}."
             )
-    hparams = rule_info(cfg.rule).hparams
-    for arg in cfg.rule_args:
+    check_rule_args(cfg.rule, cfg.rule_args, "config key 'rule_args.{}'")
+
+
+def check_rule_args(rule: str, args: dict[str, Any], where: str) -> None:
+    """Every key of ``args`` must be a hyper-parameter of ``rule`` (ConfigError naming
+    ``where.format(KEY)``, the close matches and the rule's hyper-parameters, otherwise)."""
+    hparams = rule_info(rule).hparams
+    for arg in args:
         if arg not in hparams:
             raise ConfigError(
-                f"config key 'rule_args.{arg}': rule {cfg.rule!r} has no hyper-parameter "
+                f"{where.format(arg)}: rule {rule!r} has no hyper-parameter "
                 f"{arg!r}.{close_matches(arg, hparams)} "
                 f"Its hyper-parameters: {', '.join(hparams) or '(none)'}."
             )
