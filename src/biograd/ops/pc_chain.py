@@ -81,6 +81,25 @@ def output_error(loss: LossFn, mu: Tensor, y: Tensor, beta: float) -> Tensor:
     return -g
 
 
+class OutputNode:
+    """The output vertex's error ``e_out = -beta dL/dmu`` and its energy term ``beta L``
+    (closed form for ``mse``, :func:`output_error` otherwise)."""
+
+    def __init__(self, loss_fn: LossFn, y: Tensor, beta: float, output: Tensor) -> None:
+        self.loss_fn, self.y, self.beta = loss_fn, y, beta
+        self._target = losses._targets(output, y) if loss_fn is losses.mse else None
+
+    def error(self, mu: Tensor) -> tuple[Tensor, Tensor]:
+        """``(e_out, beta L)`` at the output's prediction ``mu``."""
+        if self._target is not None:
+            diff = self._target - mu
+            scale = self.beta / mu.shape[0]
+            flat = diff.reshape(-1)
+            return diff * scale, torch.dot(flat, flat) * (0.5 * scale)
+        return output_error(self.loss_fn, mu, self.y, self.beta), \
+            self.beta * self.loss_fn(mu, self.y)
+
+
 @dataclass
 class Stage:
     """One value node's vertex function: ``act(layer(u))``, ``layer(u)`` or ``act(u)``."""
@@ -152,18 +171,7 @@ class ChainInference:
                 u = st.predict(u)[1]
         self.output = u
         self.initial = values
-        self._mse = loss_fn is losses.mse
-        self._target = losses._targets(u, y) if self._mse else None
-
-    def _out_error(self, mu: Tensor) -> tuple[Tensor, Tensor]:
-        """``e_out = -beta dL/dmu`` and ``beta L``."""
-        if self._mse:
-            diff = self._target - mu  # type: ignore[operator]
-            scale = self.beta / mu.shape[0]
-            flat = diff.reshape(-1)
-            return diff * scale, torch.dot(flat, flat) * (0.5 * scale)
-        return output_error(self.loss_fn, mu, self.y, self.beta), \
-            self.beta * self.loss_fn(mu, self.y)
+        self._out = OutputNode(loss_fn, y, beta, u)
 
     def _errors(
         self, states: Sequence[Tensor], first: bool = False
@@ -183,7 +191,7 @@ class ChainInference:
                 terms.append(torch.dot(flat, flat))
                 es.append(e)
             else:
-                e, out_term = self._out_error(mu)
+                e, out_term = self._out.error(mu)
             ds.append(st.scaled(e, pre, mu) if j > 0 or first else None)
         energy = torch.stack(terms).sum() * 0.5 + out_term if terms else out_term
         return es, ds, energy

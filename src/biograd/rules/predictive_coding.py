@@ -17,7 +17,8 @@ Switches (defaults = the papers' algorithm): ``momentum`` > 0 relaxes with SGD +
 ``Linear -> activation`` block one value node (PCX's layering) instead of one per module.
 ``fast_path`` runs a Linear/activation chain with the closed-form updates of
 :mod:`biograd.ops.pc_chain` (no autograd per step; same energy and the same dynamics as the
-graph implementation, which ``fast_path=False`` forces).
+graph implementation, which ``fast_path=False`` forces); a ``blocks`` chain whose hidden layers
+share one width runs every layer of a step in one batched call (:mod:`biograd.ops.pc_stacked`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from biograd.graph.cache import GraphCache
 from biograd.graph.capture import PCGraph
 from biograd.graph.inference import PCInference
 from biograd.ops.pc_chain import LAYOUTS, ChainInference, chain_stages
+from biograd.ops.pc_stacked import StackedChain, stackable
 
 
 @register_rule(
@@ -77,6 +79,8 @@ class PredictiveCoding(LearningRule):
         self.nodes = nodes
         self.fast_path = checks.flag(self.name, "fast_path", fast_path)
         self._stages = chain_stages(model, nodes) if fast_path else None
+        self._stacked = nodes == "blocks" and self._stages is not None \
+            and stackable(self._stages)
         if nodes == "blocks" and self._stages is None:
             raise UnsupportedModelError(
                 f"rule {self.name!r}: nodes='blocks' needs an nn.Sequential of (Flatten) Linear "
@@ -89,6 +93,16 @@ class PredictiveCoding(LearningRule):
 
     def _write(self, p: nn.Parameter, g: Tensor) -> None:
         self.accumulate_grad(p, g)
+
+    def _write_owned(self, p: nn.Parameter, g: Tensor) -> None:
+        """Accumulate ``g``, a tensor computed for this step only (the chain paths' updates),
+        into ``p.grad`` without copying it first (the copy of a first-layer gradient costs
+        as much as a product here)."""
+        if p.grad is None and g.dtype == p.dtype and g.shape == p.shape \
+                and g.device == p.device and not g.requires_grad:
+            p.grad = g
+        else:
+            self.accumulate_grad(p, g)
 
     def step(self, x: Tensor, y: Tensor) -> StepResult:
         self.check_batch(x, y)
@@ -115,19 +129,24 @@ class PredictiveCoding(LearningRule):
 
     def _initial(self, initial: list[Tensor]) -> list[Tensor]:
         states = [s.detach().clone() for s in initial]
-        if self.init_noise > 0:
-            states = [s + self.init_noise * torch.randn(
-                s.shape, generator=self.generator, dtype=s.dtype).to(s.device) for s in states]
+        if self.init_noise > 0:  # one draw per value node (a stacked state holds several)
+            states = [s + self.init_noise * self._noise(s) for s in states]
         return states
+
+    def _noise(self, s: Tensor) -> Tensor:
+        if s.dim() == 3:
+            return torch.stack([self._noise(node) for node in s])
+        return torch.randn(s.shape, generator=self.generator, dtype=s.dtype).to(s.device)
 
     def _chain_step(self, x: Tensor, y: Tensor) -> StepResult:
         """The same step on a chain, in closed form (:mod:`biograd.ops.pc_chain`)."""
         assert self._stages is not None
-        inf = ChainInference(self._stages, x, y, self.loss_fn, beta=self.beta)
+        chain = StackedChain if self._stacked else ChainInference
+        inf = chain(self._stages, x, y, self.loss_fn, beta=self.beta)
         self.check_labels(inf.output, y)
         res = relax(self._initial(inf.initial), inf.dynamics, steps=self.T,
                     step_size=self.gamma, momentum=self.momentum)
-        final = inf.write_updates(res.states, self._write, scale=1.0 / self.beta)
+        final = inf.write_updates(res.states, self._write_owned, scale=1.0 / self.beta)
         metrics = {f"energy_{t}": e for t, e in enumerate(res.energies)}
         metrics["energy_final"] = final
         loss = self.loss_fn(inf.output, y)
