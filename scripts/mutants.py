@@ -53,7 +53,8 @@ AR = sel(["tests/test_activation_relaxation.py", "tests/test_iterative_speed_equ
          "activation_relaxation")
 EP = sel(["tests/test_equilibrium_prop.py", "tests/test_iterative_speed_equivalence.py"],
          "equilibrium_prop")
-PC = sel(["tests/test_predictive_coding.py", "tests/test_pc_fast_path.py"], "predictive_coding")
+PC = sel(["tests/test_predictive_coding.py", "tests/test_pc_fast_path.py",
+          "tests/test_pc_stacked.py"], "predictive_coding")
 LRA = sel(["tests/test_lra_e.py"], "lra_e")
 
 # ---------------------------------------------------------------------- backward replacement
@@ -283,14 +284,14 @@ MUTANTS += group(R + "predictive_coding.py", PC, [  # chains: the closed-form fa
      "step_size=self.gamma, momentum=self.momentum)",
      "step_size=2 * self.gamma, momentum=self.momentum)"),
     ("predictive_coding: 1/beta dropped", "dropped factor", CORE,
-     "final = inf.write_updates(res.states, self._write, scale=1.0 / self.beta)",
-     "final = inf.write_updates(res.states, self._write, scale=1.0)"),
+     "final = inf.write_updates(res.states, self._write_owned, scale=1.0 / self.beta)",
+     "final = inf.write_updates(res.states, self._write_owned, scale=1.0)"),
     ("predictive_coding: energy's beta ignored", "dropped factor", CORE,
-     "inf = ChainInference(self._stages, x, y, self.loss_fn, beta=self.beta)",
-     "inf = ChainInference(self._stages, x, y, self.loss_fn, beta=1.0)"),
+     "inf = chain(self._stages, x, y, self.loss_fn, beta=self.beta)",
+     "inf = chain(self._stages, x, y, self.loss_fn, beta=1.0)"),
     ("predictive_coding: update at the unrelaxed state", "wrong operand", CORE,
-     "final = inf.write_updates(res.states, self._write, scale=1.0 / self.beta)",
-     "final = inf.write_updates(inf.initial, self._write, scale=1.0 / self.beta)"),
+     "final = inf.write_updates(res.states, self._write_owned, scale=1.0 / self.beta)",
+     "final = inf.write_updates(inf.initial, self._write_owned, scale=1.0 / self.beta)"),
 ])
 MUTANTS += group(R + "predictive_coding.py", PC, [  # other graphs: biograd.graph.inference
     ("predictive_coding graph: no inference", "skipped update", CORE,
@@ -302,6 +303,22 @@ MUTANTS += group(R + "predictive_coding.py", PC, [  # other graphs: biograd.grap
     ("predictive_coding graph: energy's beta ignored", "dropped factor", CORE,
      "inf = PCInference(graph, x, y, self.loss_fn, beta=self.beta)",
      "inf = PCInference(graph, x, y, self.loss_fn, beta=1.0)"),
+])
+MUTANTS += group(O + "pc_stacked.py", PC, [  # the stacked uniform-width chain
+    ("pc stacked: state update error sign", "flipped sign", CORE,
+     "torch.baddbmm(e[lo:-1], d, self.w[lo:], beta=-1, out=delta[lo:-1])",
+     "torch.baddbmm(e[lo:-1], d, self.w[lo:], beta=1, out=delta[lo:-1])"),
+    ("pc stacked: a moved node's error skipped", "wrong operand", CORE,
+     "lo = max(k - 1, 0)", "lo = k"),
+    ("pc stacked: start reused after a move", "wrong operand", CORE,
+     "while k < len(start) and torch.equal(state[k], start[k]):",
+     "while k < len(start) and state[k].shape == start[k].shape:"),
+    ("pc stacked: GELU derivative misses sigmoid(z)", "dropped factor", CORE,
+     "return torch.ops.aten.sigmoid_backward(slope, s).add_(s).mul_(e)",
+     "return torch.ops.aten.sigmoid_backward(slope, s).mul_(e)"),
+    ("pc stacked: middle weight update sign", "flipped sign", CORE,
+     "gw = torch.bmm(d.transpose(1, 2), state[:-1]).mul_(-scale)",
+     "gw = torch.bmm(d.transpose(1, 2), state[:-1]).mul_(scale)"),
 ])
 MUTANTS += group(O + "pc_chain.py", PC, [  # the chain's closed-form energy gradients
     ("pc chain: state update error sign", "flipped sign", CORE,
