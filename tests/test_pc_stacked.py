@@ -141,3 +141,24 @@ def test_which_chains_are_stacked() -> None:
     slope = biograd.models.mlp(7, [5, 5, 5], 3, activation="tanh")
     slope[2], slope[4], slope[6] = nn.LeakyReLU(0.1), nn.LeakyReLU(0.1), nn.LeakyReLU(0.2)
     assert not rule(slope, nodes="blocks")._stacked
+
+
+def test_stacked_updates_accumulate_over_micro_batches() -> None:
+    """The updates handed to .grad without a copy (views of one stacked tensor for the middle
+    layers) accumulate like autograd's: two steps without zeroing give the sum of each step's
+    update taken alone."""
+    x, y = _batch()
+    kw = dict(T=4, gamma=0.2, beta=0.7, momentum=0.5, nodes="blocks", loss="mse")
+    model = _mlp("gelu_tanh")
+    rule = biograd.create_rule("predictive_coding", model, **kw)
+    halves = [(x[:3], y[:3]), (x[3:], y[3:])]
+    alone = []
+    for xb, yb in halves:
+        model.zero_grad(set_to_none=True)
+        rule.step(xb, yb)
+        alone.append([p.grad.clone() for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+    for xb, yb in halves:
+        rule.step(xb, yb)
+    for p, a, b in zip(model.parameters(), *alone, strict=True):
+        torch.testing.assert_close(p.grad, a + b, rtol=1e-12, atol=1e-15)
