@@ -54,6 +54,17 @@ def make_model(kind: str, seed: int = 0) -> tuple[nn.Module, Tensor, Tensor]:
     return model, x, y
 
 
+def assert_same_step(fast, r_fast, ref, r_ref, grad_rtol: float) -> None:
+    """Two rules' steps on the same batch agree: every parameter's ``.grad`` (``grad_rtol``,
+    atol 1e-13), the metrics (same keys, rel 1e-10, abs 1e-13) and the loss (rel 1e-12)."""
+    for (n, p), q in zip(fast.model.named_parameters(), ref.model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=grad_rtol, atol=1e-13, msg=n)
+    assert r_fast.metrics.keys() == r_ref.metrics.keys()
+    for k, v in r_fast.metrics.items():
+        assert v == pytest.approx(r_ref.metrics[k], rel=1e-10, abs=1e-13), k
+    assert r_fast.loss == pytest.approx(r_ref.loss, rel=1e-12)
+
+
 @pytest.fixture
 def model_factory():
     return make_model
