@@ -1,7 +1,8 @@
 """The results store (issue 16 item 2, issue 14 item 5): runs accumulate across invocations,
 a run is retrained only when its config or its rule's code changed (and then kept under
 .stale/), a report can be written from stored runs and measurements alone, and training can
-be bounded in time. One tiny synthetic preset (5 arms x 1 seed, seconds to train) trained once
+be bounded in time, and ``reproduce --check`` says what a reproduction would do while doing
+none of it. One tiny synthetic preset (5 arms x 1 seed, seconds to train) trained once
 per session and copied into each test."""
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from biograd.experiments import jobs, store
+from biograd.cli import main
+from biograd.experiments import jobs, status, store
 from biograd.experiments import reproduce as grid
 from biograd.experiments.paper_report import Context
 from biograd.experiments.summary import settle_reports, update_readme_summary
-from biograd.papers import reproduce
+from biograd.papers import check, reproduce
 from biograd.runner.yamlio import read_yaml
 
 PAPER = "p3-weight-transport"
@@ -307,3 +309,87 @@ def test_reports_per_budget_and_the_readme_summary(tmp_path: Path) -> None:
            "[quick](docs/results/p1-lra-quick.md) | did not hold |" in text
     assert text.startswith("intro\n") and text.endswith("<!-- summary:end -->\nrest\n")
     assert update_readme_summary(tmp_path / "elsewhere") is None  # not docs/results
+
+
+# ---------------------------------------------------------------- reproduce --check
+def _tree(folder: Path) -> dict[Path, int]:
+    """Every file under ``folder`` (store and reports) with its modification time."""
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def _check(folder: Path) -> dict:
+    return check(PAPER, "standard", out=folder / "docs" / "results",
+                 runs_dir=folder / "results", preset=folder / "preset.yaml")
+
+
+def _argv(folder: Path) -> list[str]:
+    return ["reproduce", PAPER, "--budget", "standard", "--check",
+            "--out", str(folder / "docs" / "results"), "--runs", str(folder / "results"),
+            "--preset", str(folder / "preset.yaml")]
+
+
+def test_an_up_to_date_store_is_current(store_copy: Path, no_training, capsys) -> None:
+    before = _tree(store_copy)
+    got = _check(store_copy)
+    assert got["current"] and [r.state for r in got["runs"]] == ["current"] * len(ARMS)
+    assert got["measurements"] and set(got["measurements"].values()) == {"current"}
+    written = json.loads((store_copy / "docs" / "results" / f"{PAPER}.json").read_text())
+    assert got["verdicts"] == got["written_verdicts"] == written["verdicts"]
+    assert main(_argv(store_copy)) == 0
+    assert "up to date: nothing to train or measure" in capsys.readouterr().out
+    assert _tree(store_copy) == before
+
+
+def test_stale_absent_and_interrupted_runs_are_listed_not_touched(
+        store_copy: Path, no_training, monkeypatch, capsys) -> None:
+    root = _root(store_copy) / "mnist-mlp"
+    shutil.rmtree(root / "weight_mirror-s0")  # absent, with an earlier wall time
+    (root / "sign_symmetry-s0" / "summary.json").unlink()  # interrupted
+    walls = _root(store_copy) / "wall_seconds.json"
+    took = json.loads(walls.read_text())
+    del took["mnist-mlp/sign_symmetry-s0"]  # ... and no wall time to estimate from
+    walls.write_text(json.dumps(took))
+    real = store.code_files
+    monkeypatch.setattr(store, "code_files", lambda r: {**real(r), "biograd.rules.x": "0"}
+                        if r == "kolen_pollack" else real(r))  # stale
+    before = _tree(store_copy)
+    got = _check(store_copy)
+    states = {r.label: r for r in got["runs"]}
+    assert {k: r.state for k, r in states.items()} == {
+        "mnist-mlp/backprop-s0": "current", "mnist-mlp/feedback_alignment-s0": "current",
+        "mnist-mlp/sign_symmetry-s0": "interrupted", "mnist-mlp/weight_mirror-s0": "absent",
+        "mnist-mlp/kolen_pollack-s0": "stale"}
+    assert "code of kolen_pollack changed: biograd.rules.x (added)" in states[
+        "mnist-mlp/kolen_pollack-s0"].why
+    assert states["mnist-mlp/weight_mirror-s0"].estimate == took["mnist-mlp/weight_mirror-s0"]
+    assert states["mnist-mlp/sign_symmetry-s0"].estimate is None and got["unestimated"] == 1
+    assert got["train_seconds"] == (took["mnist-mlp/weight_mirror-s0"]
+                                    + took["mnist-mlp/kolen_pollack-s0"])
+    cost = [k for k in got["measurements"] if k.startswith("cost-")]
+    assert cost and got["measurements"][cost[0]].startswith(
+        "stale: code of kolen_pollack changed")
+    assert not got["current"]
+    assert main(_argv(store_copy)) == 1
+    out = capsys.readouterr().out
+    assert "5 runs: 2 current, 1 stale, 1 interrupted, 1 absent" in out
+    assert "1 runs with no earlier wall time to estimate from" in out
+    assert _tree(store_copy) == before  # nothing moved to .stale/, no report rewritten
+    assert not (_root(store_copy) / ".stale").exists()
+
+
+def test_check_with_training_options_is_an_error(store_copy: Path, capsys) -> None:
+    for extra in (["--no-train"], ["--overwrite"], ["--train-minutes", "1"]):
+        assert main(_argv(store_copy) + extra) == 2
+        assert "--check trains and writes nothing: drop --" in capsys.readouterr().err
+
+
+def test_lines_name_each_state() -> None:
+    runs = [status.RunState("e/a-s0", "stale", "config changed: lr", 120.0),
+            status.RunState("e/b-s0", "current")]
+    text = "\n".join(status.lines({
+        "paper": "p", "budget": "standard", "runs": runs, "measurements": {"m": "missing"},
+        "verdicts": ["held"], "written_verdicts": None, "train_seconds": 120.0,
+        "unestimated": 0, "current": False}))
+    assert "stale       e/a-s0 (~2.0 min): config changed: lr" in text
+    assert "about 2 min of run wall time for 1 runs" in text
+    assert "measurements: 1: 1 missing" in text and "not up to date" in text

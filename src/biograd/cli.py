@@ -3,7 +3,7 @@
     biograd train   [--config F] [--resume DIR] [--overwrite] [--key=value ...]
     biograd compare [--config F] [--overwrite] [--jobs N] [--key=value ...]
     biograd reproduce PAPER [--budget quick|standard|full] [--seeds N] [--out DIR] [--jobs N]
-                      [--no-train] [--train-minutes M] [--key=value ...]
+                      [--no-train | --check] [--train-minutes M] [--key=value ...]
     biograd rules
     biograd data list
     biograd data fetch NAME... [--data-dir D] [--force] [--from DIR]
@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-train", dest="train", action="store_false",
                      help="write the report from the stored runs and measurements only: train "
                           "and measure nothing, list the missing runs")
+    rep.add_argument("--check", action="store_true",
+                     help="write, train and measure nothing: list the runs and measurements "
+                          "that are stale or missing, the training time they need and the "
+                          "verdicts a report from what is current would give (exit 1 when "
+                          "something is not up to date)")
     rep.add_argument("--train-minutes", type=float, default=None, metavar="M",
                      help="start no run or measurement after M minutes, then write the report "
                           "from what exists (a budget larger than one session accumulates)")
@@ -125,8 +130,20 @@ def _cmd_compare(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace, overrides: list[str], argv: list[str]) -> int:
-    from biograd.papers import reproduce
+    from biograd.papers import check, reproduce
 
+    if args.check:
+        extra = [f for f, on in (("--no-train", not args.train), ("--overwrite", args.overwrite),
+                                 ("--train-minutes", args.train_minutes is not None),
+                                 ("--jobs", args.jobs != 1)) if on]
+        if extra:
+            raise ConfigError(f"--check trains and writes nothing: drop {', '.join(extra)}")
+        from biograd.experiments.status import lines
+
+        status = check(args.paper, args.budget, seeds=args.seeds, out=args.out,
+                       runs_dir=args.runs, overrides=overrides, preset=args.preset)
+        print("\n".join(lines(status)))
+        return 0 if status["current"] else 1
     summary = reproduce(args.paper, args.budget, seeds=args.seeds, out=args.out,
                         runs_dir=args.runs, overrides=overrides, preset=args.preset,
                         overwrite=args.overwrite, argv=argv, jobs=args.jobs, train=args.train,

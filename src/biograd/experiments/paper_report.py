@@ -116,6 +116,10 @@ class Context:
     #: ``--train-minutes``)
     measure_until: float | None = None
     measured: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: what :meth:`measure` found for each measurement it was asked for: ``"current"``,
+    #: ``"measured"`` (computed now), ``"stale: WHY"`` or ``"missing"`` (stored for
+    #: ``biograd reproduce --check``)
+    found: dict[str, str] = field(default_factory=dict)
     _costs: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
@@ -154,6 +158,7 @@ class Context:
             old_code = stored.get("code") or {}
             if stored.get("key") == want and old_code == code:
                 self.measured[name] = stored
+                self.found[name] = "current"
                 return dict(stored["result"])
             why = ["its key changed"] if stored.get("key") != want else []
             for rule in code:
@@ -162,12 +167,15 @@ class Context:
                 if old_code.get(rule) != code[rule]:
                     why.append(f"code of {rule} changed: {', '.join(changed) or 'unknown'}")
             why += [f"rule {r} no longer measured" for r in old_code if r not in code]
+            self.found[name] = f"stale: {'; '.join(why)}"
             print(f"[reproduce {self.plan.paper}] stored measurement {name} is stale "
                   f"({'; '.join(why)})", file=sys.stderr, flush=True)
+        self.found.setdefault(name, "missing")
         if not self._may_measure():
             return None
         started = time.perf_counter()
         result = compute()
+        self.found[name] = "measured"
         record = {"name": name, "key": want, "code": code, "code_files": files,
                   "result": _plain(result), "hardware": hardware_info(),
                   "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -221,7 +221,8 @@ def default_runs_dir(budget: str) -> str:
     return STORE if budget == "standard" else "runs/reproduce"
 
 
-def _label(spec: RunSpec) -> str:
+def run_label(spec: RunSpec) -> str:
+    """``EXPERIMENT/ARM-sSEED``: a run's name in logs, reports and ``wall_seconds.json``."""
     return f"{spec.experiment}/{spec.arm}-s{spec.seed}"
 
 
@@ -240,11 +241,11 @@ def _set_aside_stale(p: Plan, train: bool) -> dict[int, str]:
             continue
         if train:
             dest = store.move_stale(where, runs_root(p))
-            print(f"[reproduce {p.paper}] stale run {_label(spec)} ({'; '.join(why)}): "
+            print(f"[reproduce {p.paper}] stale run {run_label(spec)} ({'; '.join(why)}): "
                   f"moved to {dest}, retraining it", file=sys.stderr, flush=True)
         else:
             left[i] = f"stale ({'; '.join(why)})"
-            print(f"[reproduce {p.paper}] stale run {_label(spec)} ({'; '.join(why)}): "
+            print(f"[reproduce {p.paper}] stale run {run_label(spec)} ({'; '.join(why)}): "
                   "not used (--no-train)", file=sys.stderr, flush=True)
     return left
 
@@ -286,7 +287,7 @@ def run_plan(p: Plan, *, overwrite: bool = False, jobs: int = 1, train: bool = T
     walls = _WallLog(p)
     missing = []
     for i, spec in enumerate(p.runs):
-        key = _label(spec)
+        key = run_label(spec)
         summary, seconds = summaries.get(i, ({"status": NOT_STARTED}, 0.0))
         info = {"arm": spec.arm, "experiment": spec.experiment, "seed": spec.seed}
         if summary.get("status") == NOT_STARTED or i in stale:

@@ -4,7 +4,8 @@ its architectures and hyper-parameters in the grid format of
 :mod:`biograd.experiments.reproduce`.
 
 ``reproduce(paper, budget)`` trains the preset's runs (or reuses them from the results store)
-and writes the paper's report (``biograd reproduce PAPER``).
+and writes the paper's report (``biograd reproduce PAPER``); ``check(paper, budget)`` says
+what that would train and measure, writing nothing (``biograd reproduce PAPER --check``).
 """
 
 from __future__ import annotations
@@ -71,3 +72,20 @@ def reproduce(paper: str, budget: str = "quick", *, seeds: int | None = None,
     ctx = paper_report.Context(p, results, Path(out), started, argv or [],
                                measure_missing=train, measure_until=until)
     return paper_report.write(ctx, module.report(ctx))
+
+
+def check(paper: str, budget: str = "quick", *, seeds: int | None = None,
+          out: str | Path = "docs/results", runs_dir: str | Path | None = None,
+          overrides: list[str] | tuple[str, ...] = (), preset: str | Path | None = None,
+          ) -> dict[str, Any]:
+    """What :func:`reproduce` with the same arguments would train and measure, and the
+    verdicts a report from what is current would give, without training, measuring or
+    writing anything (:func:`biograd.experiments.status.check`; ``biograd reproduce
+    --check``)."""
+    from biograd.experiments import status
+
+    if runs_dir is None:
+        runs_dir = grid.default_runs_dir(budget)
+    p = grid.plan(load_preset(paper, preset), budget, seeds=seeds, overrides=overrides,
+                  runs_dir=runs_dir)
+    return status.check(p, MODULES[paper], Path(out))

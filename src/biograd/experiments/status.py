@@ -1,0 +1,127 @@
+"""What a reproduction would need, without doing any of it (``biograd reproduce --check``).
+
+For every run of a paper's plan: ``current`` (finished, and its fingerprint matches the code
+and config: reused as is), ``stale`` (finished under other code or config: retrained, with
+the fingerprint's reasons), ``interrupted`` (started, not finished: resumed) or ``absent``;
+for every stored measurement the report reads (:meth:`biograd.experiments.paper_report.
+Context.measure`): ``current``, ``stale: WHY`` or ``missing``; the training time still
+needed, estimated from the wall time the same runs (or the other seeds of the same arm) took
+when they were last trained (``wall_seconds.json``); and the verdicts a report written from
+what is current would give, beside those of the report already written.
+
+Nothing is trained, measured, moved or written: the report is built in a temporary folder and
+thrown away. This is the safe first step before ``--no-train`` or ``--train-minutes``, which
+rewrite the report and drop stale runs and measurements from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from biograd.experiments import paper_report, store
+from biograd.experiments.jobs import is_finished
+from biograd.experiments.reproduce import Plan, run_label, run_plan, runs_root
+from biograd.experiments.summary import report_stem
+from biograd.runner.train import run_dir_of
+
+CURRENT, STALE, INTERRUPTED, ABSENT = "current", "stale", "interrupted", "absent"
+
+
+@dataclass
+class RunState:
+    """One run of the plan: its label ``EXPERIMENT/ARM-sSEED``, state, why (for stale runs)
+    and the estimated wall seconds to (re)train it (None: current, or no earlier wall time)."""
+
+    label: str
+    state: str
+    why: str = ""
+    estimate: float | None = None
+
+
+def run_states(p: Plan) -> list[RunState]:
+    """The state of every run of ``p`` in the store (read only)."""
+    walls_file = runs_root(p) / "wall_seconds.json"
+    walls: dict[str, float] = json.loads(walls_file.read_text()) if walls_file.is_file() else {}
+    out = []
+    for spec in p.runs:
+        key, where = run_label(spec), run_dir_of(spec.config)
+        if not where.is_dir():
+            state, why = ABSENT, ""
+        elif is_finished(spec.config):
+            reasons = store.stale_reasons(where, spec.config)
+            state, why = (STALE, "; ".join(reasons)) if reasons else (CURRENT, "")
+        else:
+            state, why = INTERRUPTED, ""
+        estimate = None
+        if state != CURRENT:
+            estimate = walls.get(key)
+            if estimate is None:  # the other seeds of the same arm
+                prefix = f"{spec.experiment}/{spec.arm}-s"
+                others = [v for k, v in walls.items() if k.startswith(prefix)]
+                estimate = statistics.mean(others) if others else None
+        out.append(RunState(key, state, why, estimate))
+    return out
+
+
+def check(p: Plan, module_name: str, out: Path) -> dict[str, Any]:
+    """Run states, measurement states and verdicts of ``p`` (see the module docstring);
+    ``out`` is the report folder whose existing report is compared."""
+    runs = run_states(p)
+    quiet = io.StringIO()  # the progress lines of a normal reproduction
+    with (tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(quiet),
+          contextlib.redirect_stdout(quiet)):
+        results = run_plan(p, train=False)
+        ctx = paper_report.Context(p, results, Path(tmp), time.perf_counter(), [],
+                                   measure_missing=False)
+        section = importlib.import_module(module_name).report(ctx)
+    written = out / f"{report_stem(p.paper, p.budget)}.json"
+    before = json.loads(written.read_text()).get("verdicts") if written.is_file() else None
+    todo = [r for r in runs if r.state != CURRENT]
+    known = [r.estimate for r in todo if r.estimate is not None]
+    return {"paper": p.paper, "budget": p.budget, "runs": runs, "measurements": dict(ctx.found),
+            "verdicts": [c.verdict for c in section.claims], "written_verdicts": before,
+            "train_seconds": sum(known), "unestimated": len(todo) - len(known),
+            "current": not todo and all(v == CURRENT for v in ctx.found.values())}
+
+
+def lines(status: dict[str, Any]) -> list[str]:
+    """``status`` (:func:`check`) as the lines ``biograd reproduce --check`` prints."""
+    runs: list[RunState] = status["runs"]
+    counts = {s: sum(r.state == s for r in runs) for s in (CURRENT, STALE, INTERRUPTED, ABSENT)}
+    head = f"{status['paper']} ({status['budget']}): " + (f"{len(runs)} runs: " + ", ".join(
+        f"{n} {s}" for s, n in counts.items() if n) if runs else "no training runs")
+    out = [head]
+    for r in runs:
+        if r.state != CURRENT:
+            took = "" if r.estimate is None else f" (~{r.estimate / 60:.1f} min)"
+            out.append(f"  {r.state:<11} {r.label}{took}{': ' + r.why if r.why else ''}")
+    if counts[CURRENT] < len(runs):
+        unknown = status["unestimated"]
+        known = len(runs) - counts[CURRENT] - unknown
+        parts = ([f"about {status['train_seconds'] / 60:.0f} min of run wall time for {known} "
+                  "runs (as they ran before: their threads and machine)"] if known else [])
+        parts += [f"{unknown} runs with no earlier wall time to estimate from"] if unknown else []
+        out.append("  to train: " + "; ".join(parts))
+    found = status["measurements"]
+    out.append(f"measurements: {len(found)}: " + ", ".join(
+        f"{n} {s}" for s in ("current", "stale", "missing")
+        if (n := sum(v.split(":")[0] == s for v in found.values()))))
+    out += [f"  {v.split(':')[0]:<11} {k}{':' + v.split(':', 1)[1] if ':' in v else ''}"
+            for k, v in found.items() if v != CURRENT]
+    now = ", ".join(status["verdicts"])
+    if status["written_verdicts"] is not None:
+        out.append(f"verdicts of the written report: {', '.join(status['written_verdicts'])}")
+    out.append(f"verdicts from what is current: {now}")
+    out.append("up to date: nothing to train or measure" if status["current"] else
+               "not up to date: `biograd reproduce` (without --check) trains and measures what "
+               "is listed; --no-train would write the report without it")
+    return out
