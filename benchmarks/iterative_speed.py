@@ -26,6 +26,7 @@ import time
 import torch
 
 import biograd
+from biograd.experiments.hardware import machine_speed, speed_line
 from biograd.metrics.cost import CostEntry, calibrate, paired_cost, training_step
 
 RULES = ["equilibrium_prop", "activation_relaxation", "dtp", "drl", "ldrl"]
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> str:
     sizes = "-".join(str(s) for s in [784, *args.hidden, 10])
     lines = [
         f"MLP {sizes} tanh, batch {args.batch}, {args.threads} thread(s), {clock_name} clock, "
-        f"{args.repeats} paired blocks, torch {torch.__version__}", "",
+        f"{args.repeats} paired blocks, torch {torch.__version__}; machine speed after the "
+        f"blocks: {speed_line(machine_speed())}", "",
         "| rule | ms / step | ratio to backprop | quartiles | target |",
         "| --- | ---: | ---: | --- | ---: |",
     ]

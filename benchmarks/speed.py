@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 import biograd
+from biograd.experiments.hardware import machine_speed, speed_line
 from biograd.metrics.cost import CostEntry, calibrate, paired_cost, training_step
 
 #: Targets from the issue (ratio to backprop), shown next to the measurement.
@@ -192,7 +193,8 @@ def main(argv: list[str] | None = None) -> str:
     title = (
         f"### Speed: {args.model}, batch {args.batch}, {args.threads} thread(s), {args.clock} "
         f"clock, median of {args.repeats} interleaved blocks, ratio = median of paired ratios "
-        f"to a backprop block timed just before (torch {torch.__version__})"
+        f"to a backprop block timed just before (torch {torch.__version__}; machine speed "
+        f"after the blocks: {speed_line(machine_speed())})"
     )
     text = table(entries, title)
     print(text)

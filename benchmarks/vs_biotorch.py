@@ -77,6 +77,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import biograd
+from biograd.experiments.hardware import machine_speed, speed_line
 from biograd.metrics.cost import CostEntry, calibrate, device_sync, paired_cost
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -367,7 +368,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> str:
         f"{args.batch}, SGD 0.01 momentum 0.9, {len(batches)} {args.data} batches cycled; wall "
         f"clock, blocks of {args.steps} steps, each after a plain-autograd block, "
         f"{args.repeats} interleaved repeats; ms/step = median block, x = median paired "
-        "ratio.\n\n" + side_table(plain, rows, version) + "\n" + backprop_line(rows)
+        f"ratio; machine speed after part 1: {speed_line(machine_speed(str(device)))}."
+        "\n\n" + side_table(plain, rows, version) + "\n" + backprop_line(rows)
     )
     if not args.no_own and "backprop" not in ours:
         text += "\nPart 2 skipped: biograd's backprop failed in part 1 (see its row).\n"

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 import biograd
+from biograd.experiments.hardware import machine_speed, speed_line
 from biograd.papers.p5_measure import architectures
 
 Maker = Callable[[], tuple[nn.Module, Tensor, Tensor]]
@@ -93,6 +94,8 @@ def main() -> None:
         makers[f"ResNet-18 (batch {args.resnet18_batch})"] = resnet18(args.resnet18_batch)
     only = [s for s in args.only.split(",") if s]
     others = [n for n in rules if n != "BP"]
+    speed = speed_line(machine_speed())  # before the table: its rows print as they are timed
+    print(f"machine speed before the repeats: {speed}")
     print(f"median CPU ms per update over {args.repeats} interleaved repeats, batch "
           f"{args.batch}, torch {torch.__version__}, {args.threads} thread(s); ratio = median "
           "[quartiles] of the per-repeat ratios to the same repeat's backprop step")

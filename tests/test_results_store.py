@@ -274,6 +274,29 @@ def test_measurements_are_reused_and_invalidated_by_key_and_code(tmp_path: Path,
     assert _ctx(tmp_path).measure("n", compute, rules=["backprop"]) == {"value": 4}
 
 
+def test_timing_measurements_store_the_machine_speed(tmp_path: Path) -> None:
+    import time
+
+    import torch
+
+    from biograd.experiments import hardware, paper_report
+
+    # the timer itself: a call that sleeps 2 ms is timed as about 2 ms
+    assert 0.0019 < hardware._per_call(lambda: time.sleep(0.002), lambda: None, 3) < 0.004
+    ctx = _ctx(tmp_path)
+    ctx.measure("timed", lambda: {"v": 1}, timing=True)
+    ctx.measure("plain", lambda: {"v": 2})
+    timed = json.loads((ctx.measurements_dir / "timed.json").read_text())
+    plain = json.loads((ctx.measurements_dir / "plain.json").read_text())
+    speed = timed["machine_speed"]
+    assert speed["threads"] == torch.get_num_threads() and "machine_speed" not in plain
+    for k in ("gemm_gflops", "gemm_peak_gflops", "tanh_ns", "small_op_us"):
+        assert 0 < speed[k] < 1e6
+    line = paper_report._measure_machine(timed)
+    assert f"speed then: GEMM 256x256x64 {speed['gemm_gflops']:g} GFLOP/s" in line
+    assert "speed then" not in paper_report._measure_machine(plain)
+
+
 def test_step_cost_is_keyed_by_its_arms_rules(store_copy: Path, monkeypatch) -> None:
     p = grid.plan(grid.load_preset(PAPER, store_copy / "preset.yaml"), "standard",
                   runs_dir=store_copy / "results", overrides=["settings.cost_repeats=1"])

@@ -23,7 +23,7 @@ from biograd.core.registry import REFERENCE_RULE
 from biograd.experiments import store
 from biograd.experiments.cost_probe import step_cost_ratios
 from biograd.experiments.grid import COST_REPEATS
-from biograd.experiments.hardware import cpu_name, hardware_info
+from biograd.experiments.hardware import cpu_name, hardware_info, machine_speed, speed_line
 from biograd.experiments.store import short
 from biograd.experiments.summary import refresh, report_stem, settle_reports
 from biograd.rundir import ALIGNMENT, read_rows
@@ -138,7 +138,7 @@ class Context:
                                          or time.perf_counter() < self.measure_until)
 
     def measure(self, name: str, compute: Callable[[], dict[str, Any]], *,
-                key: Any = None, rules: list[str] | tuple[str, ...] = ()
+                key: Any = None, rules: list[str] | tuple[str, ...] = (), timing: bool = False
                 ) -> dict[str, Any] | None:
         """A stored measurement: ``_measurements/NAME.json`` when it exists and was made with
         the same ``key`` (any JSON-able description of what it depends on: settings, arms'
@@ -148,7 +148,10 @@ class Context:
         dict, or None when it is missing and this invocation measures nothing
         (``measure_missing`` False, or ``measure_until`` passed: the report then says so).
         Writing a report therefore only reads what an earlier measurement step stored
-        (issue 14, item 5)."""
+        (issue 14, item 5). ``timing``: the measurement is a timing, so the machine's speed
+        right after it, at the thread count it ran with
+        (:func:`biograd.experiments.hardware.machine_speed`), is stored beside it and printed
+        with its hardware in the report."""
         path = self.measurements_dir / f"{name}.json"
         want = json.loads(json.dumps(_plain(key), default=str))
         files = {r: store.code_files(r) for r in dict.fromkeys(rules)}
@@ -178,6 +181,7 @@ class Context:
         self.found[name] = "measured"
         record = {"name": name, "key": want, "code": code, "code_files": files,
                   "result": _plain(result), "hardware": hardware_info(),
+                  **({"machine_speed": machine_speed()} if timing else {}),
                   "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                   "seconds": round(time.perf_counter() - started, 2)}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +207,7 @@ class Context:
                             for a, c in first.items()}}
             got = self.measure(f"cost-{experiment}",
                                lambda: step_cost_ratios(first, self.cost_repeats), key=key,
-                               rules=sorted({c.rule for c in first.values()}))
+                               rules=sorted({c.rule for c in first.values()}), timing=True)
             self._costs[experiment] = got or {}
         return float(self._costs[experiment].get(arm, float("nan")))
 
@@ -427,8 +431,10 @@ def _measure_machine(record: dict[str, Any]) -> str:
     hw = record.get("hardware") or {}
     cuda = hw.get("cuda")
     threads = hw.get("torch_threads", "?")
+    speed = record.get("machine_speed")
     return (f"{hw.get('cpu', 'CPU not recorded')}, {threads} torch thread"
-            f"{'s' * (threads != 1)}, {'CUDA ' + cuda if cuda else 'no CUDA device'}")
+            f"{'s' * (threads != 1)}, {'CUDA ' + cuda if cuda else 'no CUDA device'}"
+            + (f"; speed then: {speed_line(speed)}" if speed else ""))
 
 
 def _counted(items: list[str], what: str = "runs") -> str:

@@ -114,7 +114,7 @@ def measure_all(ctx: Context) -> tuple[dict[str, list[dict]], dict[str, dict[str
         got = ctx.measure(f"steptime-{name}",
                           lambda m=maker: step_times(m, repeats, slow),
                           key={**common, "seed": 0, "batch": cost_batch, "repeats": repeats,
-                               "slow_repeats": slow, "rules": COST}, **code)
+                               "slow_repeats": slow, "rules": COST}, timing=True, **code)
         if got is not None:
             cost[name] = got
         print(f"[reproduce p5-zil] step times {name}: "
