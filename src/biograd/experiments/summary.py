@@ -121,6 +121,8 @@ def write_readme(out: Path) -> Path:
         "check the mechanics and the direction of each claim, not the papers' numbers. "
         "Verdicts per claim are in each report.", "",
         "```bash",
+        "biograd reproduce p3-weight-transport --budget standard --check  # what is stale, "
+        "writes nothing",
         "biograd reproduce p3-weight-transport --budget standard --no-train  # report only",
         "biograd reproduce p3-weight-transport --budget standard --train-minutes 60",
         "biograd reproduce p1-lra --budget quick --out /tmp/r --epochs=5  # any config key",
