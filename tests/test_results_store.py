@@ -368,6 +368,8 @@ def test_stale_absent_and_interrupted_runs_are_listed_not_touched(
     root = _root(store_copy) / "mnist-mlp"
     shutil.rmtree(root / "weight_mirror-s0")  # absent, with an earlier wall time
     (root / "sign_symmetry-s0" / "summary.json").unlink()  # interrupted
+    (root / "backprop-s0" / "summary.json").write_text(json.dumps(
+        {"status": "failed", "error": "RuntimeError: boom"}))  # crashed
     walls = _root(store_copy) / "wall_seconds.json"
     took = json.loads(walls.read_text())
     del took["mnist-mlp/sign_symmetry-s0"]  # ... and no wall time to estimate from
@@ -379,22 +381,24 @@ def test_stale_absent_and_interrupted_runs_are_listed_not_touched(
     got = _check(store_copy)
     states = {r.label: r for r in got["runs"]}
     assert {k: r.state for k, r in states.items()} == {
-        "mnist-mlp/backprop-s0": "current", "mnist-mlp/feedback_alignment-s0": "current",
+        "mnist-mlp/backprop-s0": "failed", "mnist-mlp/feedback_alignment-s0": "current",
         "mnist-mlp/sign_symmetry-s0": "interrupted", "mnist-mlp/weight_mirror-s0": "absent",
         "mnist-mlp/kolen_pollack-s0": "stale"}
     assert "code of kolen_pollack changed: biograd.rules.x (added)" in states[
         "mnist-mlp/kolen_pollack-s0"].why
     assert states["mnist-mlp/weight_mirror-s0"].estimate == took["mnist-mlp/weight_mirror-s0"]
     assert states["mnist-mlp/sign_symmetry-s0"].estimate is None and got["unestimated"] == 1
-    assert got["train_seconds"] == (took["mnist-mlp/weight_mirror-s0"]
-                                    + took["mnist-mlp/kolen_pollack-s0"])
+    assert states["mnist-mlp/backprop-s0"].why == "RuntimeError: boom"
+    assert got["train_seconds"] == pytest.approx(took["mnist-mlp/weight_mirror-s0"]
+                                                 + took["mnist-mlp/kolen_pollack-s0"]
+                                                 + took["mnist-mlp/backprop-s0"])
     cost = [k for k in got["measurements"] if k.startswith("cost-")]
     assert cost and got["measurements"][cost[0]].startswith(
         "stale: code of kolen_pollack changed")
     assert not got["current"]
     assert main(_argv(store_copy)) == 1
     out = capsys.readouterr().out
-    assert "5 runs: 2 current, 1 stale, 1 interrupted, 1 absent" in out
+    assert "5 runs: 1 current, 1 stale, 1 interrupted, 1 failed, 1 absent" in out
     assert "1 runs with no earlier wall time to estimate from" in out
     assert _tree(store_copy) == before  # nothing moved to .stale/, no report rewritten
     assert not (_root(store_copy) / ".stale").exists()

@@ -2,7 +2,8 @@
 
 For every run of a paper's plan: ``current`` (finished, and its fingerprint matches the code
 and config: reused as is), ``stale`` (finished under other code or config: retrained, with
-the fingerprint's reasons), ``interrupted`` (started, not finished: resumed) or ``absent``;
+the fingerprint's reasons), ``interrupted`` (started, not finished: resumed), ``failed``
+(crashed, with its error: trained again) or ``absent``;
 for every stored measurement the report reads (:meth:`biograd.experiments.paper_report.
 Context.measure`): ``current``, ``stale: WHY`` or ``missing``; the training time still
 needed, estimated from the wall time the same runs (or the other seeds of the same arm) took
@@ -27,13 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from biograd import rundir
 from biograd.experiments import paper_report, store
 from biograd.experiments.jobs import is_finished
 from biograd.experiments.reproduce import Plan, run_label, run_plan, runs_root
 from biograd.experiments.summary import report_stem
 from biograd.runner.train import run_dir_of
 
-CURRENT, STALE, INTERRUPTED, ABSENT = "current", "stale", "interrupted", "absent"
+CURRENT, STALE, INTERRUPTED, FAILED, ABSENT = (
+    "current", "stale", "interrupted", "failed", "absent")
 
 
 @dataclass
@@ -59,8 +62,11 @@ def run_states(p: Plan) -> list[RunState]:
         elif is_finished(spec.config):
             reasons = store.stale_reasons(where, spec.config)
             state, why = (STALE, "; ".join(reasons)) if reasons else (CURRENT, "")
-        else:
-            state, why = INTERRUPTED, ""
+        else:  # started: resumed from its checkpoint, or retrained after a crash
+            summary = where / rundir.SUMMARY
+            failed = summary.is_file() and rundir.read_json(summary).get("status") == "failed"
+            state, why = (FAILED, str(rundir.read_json(summary).get("error", ""))) if failed \
+                else (INTERRUPTED, "")
         estimate = None
         if state != CURRENT:
             estimate = walls.get(key)
@@ -96,7 +102,8 @@ def check(p: Plan, module_name: str, out: Path) -> dict[str, Any]:
 def lines(status: dict[str, Any]) -> list[str]:
     """``status`` (:func:`check`) as the lines ``biograd reproduce --check`` prints."""
     runs: list[RunState] = status["runs"]
-    counts = {s: sum(r.state == s for r in runs) for s in (CURRENT, STALE, INTERRUPTED, ABSENT)}
+    counts = {s: sum(r.state == s for r in runs)
+              for s in (CURRENT, STALE, INTERRUPTED, FAILED, ABSENT)}
     head = f"{status['paper']} ({status['budget']}): " + (f"{len(runs)} runs: " + ", ".join(
         f"{n} {s}" for s, n in counts.items() if n) if runs else "no training runs")
     out = [head]
