@@ -27,7 +27,7 @@ import torch
 
 import biograd
 from biograd.experiments.hardware import machine_speed, speed_line
-from biograd.metrics.cost import CostEntry, calibrate, paired_cost, training_step
+from biograd.metrics.cost import CostEntry, calibrate, device_sync, paired_cost, training_step
 
 RULES = ["equilibrium_prop", "activation_relaxation", "dtp", "drl", "ldrl"]
 #: issue 15's targets (ratio to backprop on the demo MLP)
@@ -62,13 +62,19 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--clock", default="auto", choices=["auto", "cpu", "wall"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the Markdown table to this file")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (wall clock, blocks end with a "
+                                                   "sync)")
     args = p.parse_args(argv)
-    clock_name = ("cpu" if args.threads == 1 else "wall") if args.clock == "auto" else args.clock
+    device = torch.device(args.device)
+    sync = device_sync(device)
+    clock_name = ("cpu" if args.threads == 1 and device.type == "cpu" else "wall") \
+        if args.clock == "auto" else args.clock
     clock = time.process_time if clock_name == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = biograd.models.mlp(784, list(args.hidden), 10, activation="tanh")
-    x, y = torch.randn(args.batch, 784), torch.randint(0, 10, (args.batch,))
+    model = biograd.models.mlp(784, list(args.hidden), 10, activation="tanh").to(device)
+    x = torch.randn(args.batch, 784).to(device)
+    y = torch.randint(0, 10, (args.batch,)).to(device)
     specs = [("backprop", {})] + [(r, {}) for r in args.rules]
     specs += [parse_variant(v) for v in args.variant]
     entries = []
@@ -78,14 +84,16 @@ def main(argv: list[str] | None = None) -> str:
         opt = torch.optim.SGD(rule.parameters(), lr=0.01, momentum=0.9)
         label = name + ("[" + ",".join(f"{k}={v}" for k, v in hp.items()) + "]" if hp else "")
         entry = CostEntry(label, training_step(rule, x, y, opt))
-        calibrate(entry, args.block, args.warmup, clock)
+        calibrate(entry, args.block, args.warmup, clock, sync)
         entries.append(entry)
-    paired_cost(entries[0], entries[1:], args.repeats, clock)
+    paired_cost(entries[0], entries[1:], args.repeats, clock, sync)
     sizes = "-".join(str(s) for s in [784, *args.hidden, 10])
     lines = [
-        f"MLP {sizes} tanh, batch {args.batch}, {args.threads} thread(s), {clock_name} clock, "
-        f"{args.repeats} paired blocks, torch {torch.__version__}; machine speed after the "
-        f"blocks: {speed_line(machine_speed())}", "",
+        f"MLP {sizes} tanh, batch {args.batch}, {device}"
+        f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
+        f"{args.threads} thread(s), {clock_name} clock, {args.repeats} paired blocks, torch "
+        f"{torch.__version__}; machine speed after the blocks: "
+        f"{speed_line(machine_speed(str(device)))}", "",
         "| rule | ms / step | ratio to backprop | quartiles | target |",
         "| --- | ---: | ---: | --- | ---: |",
     ]

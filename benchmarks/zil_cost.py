@@ -3,7 +3,7 @@ backprop; issue 12: at most 1.10x on the MLP, CNN and ResNet-18, 1.5x on the RNN
 transformer), optionally with predictive_coding (T=20) and Z-IL's full dynamics.
 
 Run: python benchmarks/zil_cost.py [--repeats 30] [--batch 64] [--threads 1]
-     [--resnet18-batch 32] [--pc] [--full]
+     [--resnet18-batch 32] [--pc] [--full] [--device cuda]
 
 One process; after two warm-up steps each (graph capture happens there) the rules are timed
 interleaved, one step each per repeat, in CPU seconds of this process (time.process_time,
@@ -44,21 +44,30 @@ def resnet18(batch: int) -> Maker:
 
 
 def step_times(maker: Maker, rules: dict[str, tuple[str, dict]], repeats: int,
-               ) -> dict[str, list[float]]:
-    """CPU seconds of ``rule.step`` per repeat for each entry of ``rules`` (interleaved)."""
+               device: torch.device | None = None) -> dict[str, list[float]]:
+    """Seconds of ``rule.step`` per repeat for each entry of ``rules`` (interleaved): CPU
+    seconds of this process on the CPU, wall seconds ending with a sync on a GPU."""
+    device = device or torch.device("cpu")
+    gpu = device.type == "cuda"
+    clock = time.perf_counter if gpu else time.process_time
+    sync = (lambda: torch.cuda.synchronize(device)) if gpu else (lambda: None)
     model, x, y = maker()
+    model, x, y = model.to(device), x.to(device), y.to(device)
     made = {n: biograd.create_rule(r, copy.deepcopy(model), **hp) for n, (r, hp) in rules.items()}
     for r in made.values():
         for _ in range(2):
             r.zero_grad(set_to_none=True)
             r.step(x, y)
+    sync()
     times: dict[str, list[float]] = {n: [] for n in made}
     for _ in range(repeats):
         for n, r in made.items():
             r.zero_grad(set_to_none=True)
-            t0 = time.process_time()
+            sync()
+            t0 = clock()
             r.step(x, y)
-            times[n].append(time.process_time() - t0)
+            sync()
+            times[n].append(clock() - t0)
     return times
 
 
@@ -80,7 +89,10 @@ def main() -> None:
     ap.add_argument("--pc", action="store_true", help="add predictive_coding (T=20)")
     ap.add_argument("--full", action="store_true", help="add zil's full PC dynamics")
     ap.add_argument("--only", default="", help="comma-separated model names")
+    ap.add_argument("--device", default="cpu", help="cpu (CPU seconds) or cuda (wall seconds, "
+                                                    "each step ending with a sync)")
     args = ap.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     rules: dict[str, tuple[str, dict]] = {
         "BP": ("backprop", {}), "zil": ("zil", {}),
@@ -94,9 +106,11 @@ def main() -> None:
         makers[f"ResNet-18 (batch {args.resnet18_batch})"] = resnet18(args.resnet18_batch)
     only = [s for s in args.only.split(",") if s]
     others = [n for n in rules if n != "BP"]
-    speed = speed_line(machine_speed())  # before the table: its rows print as they are timed
+    speed = speed_line(machine_speed(str(device)))  # before the table (rows print as timed)
     print(f"machine speed before the repeats: {speed}")
-    print(f"median CPU ms per update over {args.repeats} interleaved repeats, batch "
+    where = (f"CUDA wall ms ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
+             else "CPU ms")
+    print(f"median {where} per update over {args.repeats} interleaved repeats, batch "
           f"{args.batch}, torch {torch.__version__}, {args.threads} thread(s); ratio = median "
           "[quartiles] of the per-repeat ratios to the same repeat's backprop step")
     print("| model | BP (ms) | " + " | ".join(f"{n} (ms) | {n} / BP" for n in others) + " |")
@@ -104,7 +118,7 @@ def main() -> None:
     for name, maker in makers.items():
         if only and not any(name.startswith(o) for o in only):
             continue
-        times = step_times(maker, rules, args.repeats)
+        times = step_times(maker, rules, args.repeats, device)
         cells = [f"{statistics.median(times['BP']) * 1e3:.2f}"]
         for n in others:
             med, q1, q3 = ratio(times, n)

@@ -14,6 +14,15 @@
 #                  then `biograd reproduce p3-weight-transport --budget standard --no-train`
 #                  (and p2-ldrl) and commit results/ and docs/results/
 #
+#   or there:      device run, carry [".gpu"] (and ".whl" for BioTorch's row, see below),
+#                  command: bash scripts/gpu_fill.sh measure, timeout_s 570
+#                  every CUDA measurement issues 12, 14 and 15 ask for, one Markdown file per
+#                  benchmark in $OUT (about 8 minutes on an H100/H200; each benchmark has its
+#                  own time limit, the most wanted first); copy the tables into docs/results.md.
+#                  BioTorch's column needs its wheel (pure Python), fetched here once:
+#                  echo /.whl/ >> .git/info/exclude
+#                  python3 -m pip download --no-deps -d .whl biotorch==0.0.16
+#
 # A finished run keeps its own fingerprint: the git commit, the code hash of its rule and the
 # hardware it ran on, so the reports say which runs came from the GPU.
 set -uo pipefail
@@ -29,6 +38,26 @@ finished_runs() {  # run directories with a fingerprint and a final summary
                 [ -f "$d/summary.json" ] && echo "$d"
             done
     done
+}
+
+unpack_data() {  # .gpu/DATASET/*.gz -> $BIOGRAD_DATA/DATASET
+    for ds in "${DATASETS[@]}"; do
+        mkdir -p "$BIOGRAD_DATA/$ds"
+        for f in ".gpu/$ds"/*.gz; do
+            [ -f "$f" ] || { echo "no .gpu/$ds: run 'bash scripts/gpu_fill.sh pack' here and carry .gpu" >&2; exit 2; }
+            gunzip -c "$f" > "$BIOGRAD_DATA/$ds/$(basename "$f" .gz)"
+        done
+    done
+}
+
+bench() {  # bench NAME SECONDS CMD...: CMD's stdout to $out/NAME.md, its stderr to $out/errors.log
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit}s): $*" | tee -a "$out/errors.log"
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$out/$name.md" 2>> "$out/errors.log"
+    echo "   rc=$? in $((SECONDS - t0)) s" | tee -a "$out/errors.log"
+    tail -n 12 "$out/$name.md"
 }
 
 case "${1:-}" in
@@ -50,13 +79,7 @@ train)
     out=${OUT:-/tmp/gpu_fill_out}
     mkdir -p "$out"
     export BIOGRAD_DATA=/tmp/biograd_data PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1
-    for ds in "${DATASETS[@]}"; do
-        mkdir -p "$BIOGRAD_DATA/$ds"
-        for f in ".gpu/$ds"/*.gz; do
-            [ -f "$f" ] || { echo "no .gpu/$ds: run 'bash scripts/gpu_fill.sh pack' here and carry .gpu" >&2; exit 2; }
-            gunzip -c "$f" > "$BIOGRAD_DATA/$ds/$(basename "$f" .gz)"
-        done
-    done
+    unpack_data
     python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')"
     before=$(finished_runs | sort)
     for p in "${PAPERS[@]}"; do
@@ -70,6 +93,35 @@ train)
     [ -n "$new" ] && tar czf "$out/runs.tgz" --exclude='checkpoint*' $new
     ls -la "$out"
     ;;
+measure)
+    out=${OUT:-/tmp/gpu_measure_out}
+    mkdir -p "$out"
+    export BIOGRAD_DATA=/tmp/biograd_data PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1
+    unpack_data
+    if ls .whl/biotorch-*.whl > /dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/biotorch-*.whl &&
+            export PYTHONPATH="$PYTHONPATH:/tmp/site"
+    fi
+    { nvidia-smi; python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))"; } \
+        > "$out/device.md" 2>&1
+    cat "$out/device.md"
+    # issue 12 item 3 (and PC's CUDA cost): Z-IL, its full dynamics and PC (T=20) / backprop
+    bench zil_cost 170 python3 benchmarks/zil_cost.py --device cuda --repeats 30 \
+        --resnet18-batch 128 --pc --full
+    # issue 15 item 2 on CUDA: the backward-replacement rules on ResNet-18, width 64, batch 128
+    bench speed_resnet18 110 python3 benchmarks/speed.py --model resnet18 --batch 128 \
+        --device cuda --no-step-only --repeats 11 --rules feedback_alignment sign_symmetry \
+        direct_feedback_alignment kolen_pollack weight_mirror
+    # issue 15 item 1 on CUDA: beside BioTorch (when its wheel came along), the rules it has
+    bench vs_biotorch 100 python3 benchmarks/vs_biotorch.py --device cuda --threads 1 \
+        --rules feedback_alignment sign_symmetry direct_feedback_alignment kolen_pollack \
+        weight_mirror zil
+    # issue 15 item 3 on CUDA: the iterative rules on the demo MLP
+    bench iterative_speed 80 python3 benchmarks/iterative_speed.py --device cuda --repeats 11
+    # issue 14: the engine's overhead over a bare loop
+    bench engine_overhead 60 python3 benchmarks/engine_overhead.py --device cuda --rounds 5
+    ls -la "$out"
+    ;;
 unpack)
     tgz=${2:?path of runs.tgz}
     tar tzf "$tgz" | grep -q 'checkpoint' && { echo "$tgz holds checkpoints: refusing" >&2; exit 2; }
@@ -77,7 +129,7 @@ unpack)
     tar tzf "$tgz" | grep summary.json | sed 's|/summary.json||'
     ;;
 *)
-    sed -n 2,19p "$0"
+    sed -n 2,28p "$0"
     exit 2
     ;;
 esac
