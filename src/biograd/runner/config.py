@@ -58,6 +58,9 @@ class Config:
     feedback_epochs: int | None = None
     extra_feedback_epochs: int | None = None
     scheduler: str = "none"
+    #: linear learning-rate warm-up over the first N optimizer steps (step t uses
+    #: lr * (t + 1) / N, on top of the scheduler's rate); 0: none
+    warmup_steps: int = 0
     seed: int = 0
     threads: int = 0
     device: str = "cpu"
@@ -144,7 +147,8 @@ def _check_range(cfg: Config) -> None:
     for key in ("feedback_lr", "time_limit"):
         if getattr(cfg, key) is not None and not getattr(cfg, key) > 0:
             raise bad(key, "> 0 (or null)")
-    for key in ("momentum", "weight_decay", "threads", "alignment_every", "checkpoint_every"):
+    for key in ("momentum", "weight_decay", "threads", "alignment_every", "checkpoint_every",
+                "warmup_steps"):
         if getattr(cfg, key) < 0:
             raise bad(key, ">= 0")
     for key in ("feedback_weight_decay", "feedback_epochs", "extra_feedback_epochs"):

@@ -262,6 +262,24 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
     return summary
 
 
+def warmed_step(opt: torch.optim.Optimizer, step: int, warmup_steps: int) -> None:
+    """``opt.step()`` at global step ``step`` (0-based), with every group's rate scaled by
+    ``(step + 1) / warmup_steps`` while ``step < warmup_steps`` (linear warm-up) and restored
+    after, so the scheduler's own rates are never touched (the cosine schedule's recursive
+    form reads them) and a resumed run warms up exactly as an uninterrupted one."""
+    if step >= warmup_steps:
+        opt.step()
+        return
+    rates = [g["lr"] for g in opt.param_groups]
+    for g, lr in zip(opt.param_groups, rates, strict=True):
+        g["lr"] = lr * (step + 1) / warmup_steps
+    try:
+        opt.step()
+    finally:
+        for g, lr in zip(opt.param_groups, rates, strict=True):
+            g["lr"] = lr
+
+
 def _train_epoch(run: _Run, epoch: int, first: int, tally: Tally) -> tuple[bool, float]:
     """Train ``epoch`` from batch ``first`` on: step, divergence checks, alignment rows, time
     limit, mid-epoch checkpoints. Returns whether the time limit cut the epoch short and the
@@ -280,7 +298,7 @@ def _train_epoch(run: _Run, epoch: int, first: int, tally: Tally) -> tuple[bool,
         if run.reason is not None:
             run.status = "diverged"
             break
-        opt.step()
+        warmed_step(opt, run.step, cfg.warmup_steps)
         run.ddp.sync_state(rule)
         if run.step == run.first_step:  # a rule may create parameters in its first step
             guard.refresh()
