@@ -297,6 +297,34 @@ def test_timing_measurements_store_the_machine_speed(tmp_path: Path) -> None:
     assert "speed then" not in paper_report._measure_machine(plain)
 
 
+def test_config_keys_added_later_leave_stored_results_current(store_copy: Path) -> None:
+    """A measurement stored before a config key existed (its key lacks it) stays current while
+    the key holds its default, and is stale once it is set; the same for config hashes."""
+    from biograd.runner.config import ADDED_KEYS, Config, keyed
+
+    assert "warmup_steps" in ADDED_KEYS
+    assert keyed({"lr": 0.1, "warmup_steps": 0}) == {"lr": 0.1}
+    assert keyed({"lr": 0.1, "warmup_steps": 5}) == {"lr": 0.1, "warmup_steps": 5}
+    old = {k: v for k, v in Config().to_dict().items() if k not in ADDED_KEYS}
+    assert store.config_hash(Config()) == store._digest(store._canonical(store.config_view(old)))
+    path = _root(store_copy) / "_measurements" / "cost-mnist-mlp.json"
+    record = json.loads(path.read_text())
+    for arm in record["key"]["arms"].values():  # as stored before the keys were added
+        for k in ADDED_KEYS:
+            arm.pop(k, None)
+    path.write_text(json.dumps(record))
+
+    def found(*overrides: str) -> str:
+        p = grid.plan(grid.load_preset(PAPER, store_copy / "preset.yaml"), "standard",
+                      runs_dir=store_copy / "results", overrides=list(overrides))
+        ctx = Context(p, {}, store_copy / "o", 0.0, [], measure_missing=False)
+        ctx.step_cost("mnist-mlp", "backprop")
+        return ctx.found["cost-mnist-mlp"]
+
+    assert found() == "current"
+    assert found("--warmup_steps=10").startswith("stale: its key changed")
+
+
 def test_step_cost_is_keyed_by_its_arms_rules(store_copy: Path, monkeypatch) -> None:
     p = grid.plan(grid.load_preset(PAPER, store_copy / "preset.yaml"), "standard",
                   runs_dir=store_copy / "results", overrides=["settings.cost_repeats=1"])

@@ -27,6 +27,7 @@ from biograd.experiments.hardware import cpu_name, hardware_info, machine_speed,
 from biograd.experiments.store import short
 from biograd.experiments.summary import refresh, report_stem, settle_reports
 from biograd.rundir import ALIGNMENT, read_rows
+from biograd.runner.config import keyed
 
 Results = dict[tuple[str, str], list[dict[str, Any]]]
 #: statuses of a run that did not finish training (it counts against a rule's stability)
@@ -202,7 +203,7 @@ class Context:
                 if spec.experiment == experiment:
                     first.setdefault(spec.arm, spec.config)
             key = {"repeats": self.cost_repeats,
-                   "arms": {a: {k: v for k, v in vars(c).items()
+                   "arms": {a: {k: v for k, v in keyed(vars(c)).items()
                                 if k not in ("out_dir", "run_name", "threads")}
                             for a, c in first.items()}}
             got = self.measure(f"cost-{experiment}",

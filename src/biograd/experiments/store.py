@@ -49,7 +49,7 @@ from typing import Any
 
 from biograd import rundir
 from biograd.experiments.hardware import cpu_name
-from biograd.runner.config import LEGACY_KEYS, Config
+from biograd.runner.config import LEGACY_KEYS, Config, keyed
 
 FINGERPRINT = "fingerprint.json"
 STALE_DIR = ".stale"
@@ -77,8 +77,9 @@ def _canonical(value: Any) -> bytes:
 
 def config_view(data: dict[str, Any]) -> dict[str, Any]:
     """A run config (``Config.to_dict()`` or a saved ``config.yaml``) without
-    :data:`IGNORED_KEYS`."""
-    return {k: v for k, v in data.items() if k not in IGNORED_KEYS}
+    :data:`IGNORED_KEYS`, nor keys added to biograd later that hold their default
+    (:func:`biograd.runner.config.keyed`)."""
+    return keyed({k: v for k, v in data.items() if k not in IGNORED_KEYS})
 
 
 def config_hash(cfg: Config) -> str:

@@ -24,6 +24,10 @@ OPTIMIZERS = ("sgd", "adam")
 #: (:mod:`biograd.experiments.grid`); only ``biograd compare`` read them, so a saved config
 #: that holds them describes the same run without them
 LEGACY_KEYS = ("rules", "seeds", "rule_args_per_rule", "config_per_rule", "cost_repeats")
+#: keys added to :class:`Config` after results were first stored: a stored config or
+#: measurement key without one meant its default, so they enter keys and hashes only when set
+#: to something else (:func:`keyed`), and stored results stay current
+ADDED_KEYS = ("warmup_steps",)
 SCHEDULERS = ("none", "cosine")
 
 
@@ -218,6 +222,16 @@ def load_config(
     for item in overrides:
         apply_override(data, item)
     return from_dict(data)
+
+
+_DEFAULTS = dataclasses.asdict(Config())
+
+
+def keyed(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without the :data:`ADDED_KEYS` that hold their default: what keys of
+    stored results (measurement keys, config hashes) are made of."""
+    defaults = _DEFAULTS
+    return {k: v for k, v in data.items() if not (k in ADDED_KEYS and v == defaults[k])}
 
 
 def without_legacy(saved: dict[str, Any]) -> dict[str, Any]:
