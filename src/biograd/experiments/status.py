@@ -63,10 +63,10 @@ def run_states(p: Plan) -> list[RunState]:
             reasons = store.stale_reasons(where, spec.config)
             state, why = (STALE, "; ".join(reasons)) if reasons else (CURRENT, "")
         else:  # started: resumed from its checkpoint, or retrained after a crash
-            summary = where / rundir.SUMMARY
-            failed = summary.is_file() and rundir.read_json(summary).get("status") == "failed"
-            state, why = (FAILED, str(rundir.read_json(summary).get("error", ""))) if failed \
-                else (INTERRUPTED, "")
+            path = where / rundir.SUMMARY
+            summary = rundir.read_json(path) if path.is_file() else {}
+            state, why = ((FAILED, str(summary.get("error", ""))) if summary.get("status")
+                          == "failed" else (INTERRUPTED, ""))
         estimate = None
         if state != CURRENT:
             estimate = walls.get(key)
