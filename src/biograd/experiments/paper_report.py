@@ -139,7 +139,8 @@ class Context:
                                          or time.perf_counter() < self.measure_until)
 
     def measure(self, name: str, compute: Callable[[], dict[str, Any]], *,
-                key: Any = None, rules: list[str] | tuple[str, ...] = (), timing: bool = False
+                key: Any = None, rules: list[str] | tuple[str, ...] = (),
+                timing: bool | str = False
                 ) -> dict[str, Any] | None:
         """A stored measurement: ``_measurements/NAME.json`` when it exists and was made with
         the same ``key`` (any JSON-able description of what it depends on: settings, arms'
@@ -149,10 +150,10 @@ class Context:
         dict, or None when it is missing and this invocation measures nothing
         (``measure_missing`` False, or ``measure_until`` passed: the report then says so).
         Writing a report therefore only reads what an earlier measurement step stored
-        (issue 14, item 5). ``timing``: the measurement is a timing, so the machine's speed
-        right after it, at the thread count it ran with
-        (:func:`biograd.experiments.hardware.machine_speed`), is stored beside it and printed
-        with its hardware in the report."""
+        (issue 14, item 5). ``timing``: the measurement is a timing (True: on the CPU, or the
+        name of the device it timed, e.g. ``"cuda"``), so that device's speed right after it,
+        at the thread count it ran with (:func:`biograd.experiments.hardware.machine_speed`),
+        is stored beside it and printed with its hardware in the report."""
         path = self.measurements_dir / f"{name}.json"
         want = json.loads(json.dumps(_plain(key), default=str))
         files = {r: store.code_files(r) for r in dict.fromkeys(rules)}
@@ -182,7 +183,8 @@ class Context:
         self.found[name] = "measured"
         record = {"name": name, "key": want, "code": code, "code_files": files,
                   "result": _plain(result), "hardware": hardware_info(),
-                  **({"machine_speed": machine_speed()} if timing else {}),
+                  **({"machine_speed": machine_speed(timing if isinstance(timing, str)
+                                                     else "cpu")} if timing else {}),
                   "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                   "seconds": round(time.perf_counter() - started, 2)}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +210,8 @@ class Context:
                             for a, c in first.items()}}
             got = self.measure(f"cost-{experiment}",
                                lambda: step_cost_ratios(first, self.cost_repeats), key=key,
-                               rules=sorted({c.rule for c in first.values()}), timing=True)
+                               rules=sorted({c.rule for c in first.values()}),
+                               timing=_timed_device(first))
             self._costs[experiment] = got or {}
         return float(self._costs[experiment].get(arm, float("nan")))
 
@@ -426,6 +429,13 @@ def _run_machine(s: dict[str, Any]) -> str:
         text += ", threads not recorded"
     cpu = hw.get("cpu")
     return text + (f", CPU {cpu}" if cpu and cpu != "not recorded" else ", CPU not recorded")
+
+
+def _timed_device(configs: dict[str, Any]) -> str:
+    """The device the cost probe of these run configs times (``auto`` resolved)."""
+    name = next((c.device for c in configs.values()), "cpu")
+    return "cuda" if name == "auto" and torch.cuda.is_available() else \
+        ("cpu" if name == "auto" else str(name))
 
 
 def _measure_machine(record: dict[str, Any]) -> str:
