@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 import biograd
 from biograd.experiments.hardware import machine_speed, speed_line
+from biograd.metrics.cost import device_sync
 from biograd.papers.p5_measure import architectures
 
 Maker = Callable[[], tuple[nn.Module, Tensor, Tensor]]
@@ -50,7 +51,7 @@ def step_times(maker: Maker, rules: dict[str, tuple[str, dict]], repeats: int,
     device = device or torch.device("cpu")
     gpu = device.type == "cuda"
     clock = time.perf_counter if gpu else time.process_time
-    sync = (lambda: torch.cuda.synchronize(device)) if gpu else (lambda: None)
+    sync = device_sync(device) or (lambda: None)
     model, x, y = maker()
     model, x, y = model.to(device), x.to(device), y.to(device)
     made = {n: biograd.create_rule(r, copy.deepcopy(model), **hp) for n, (r, hp) in rules.items()}

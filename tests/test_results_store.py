@@ -295,6 +295,10 @@ def test_timing_measurements_store_the_machine_speed(tmp_path: Path) -> None:
     line = paper_report._measure_machine(timed)
     assert f"speed then: GEMM 256x256x64 {speed['gemm_gflops']:g} GFLOP/s" in line
     assert "speed then" not in paper_report._measure_machine(plain)
+    if not torch.cuda.is_available():  # a timing on a device that is not here: no speed line
+        ctx.measure("gpu", lambda: {"v": 3}, timing="cuda")
+        gpu = json.loads((ctx.measurements_dir / "gpu.json").read_text())
+        assert "machine_speed" not in gpu
 
 
 def test_config_keys_added_later_leave_stored_results_current(store_copy: Path) -> None:

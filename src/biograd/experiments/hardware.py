@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from biograd.metrics.cost import device_sync
+
 
 def hardware_info() -> dict[str, Any]:
     """The machine a measurement runs on (stored with it): CPU, threads, CUDA device if any,
@@ -72,7 +74,7 @@ def machine_speed(device: str = "cpu", repeats: int = 5) -> dict[str, float]:
 
     Medians of ``repeats`` blocks of about 10 ms each (about 0.3 s in all), float32."""
     dev = torch.device(device)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    sync = device_sync(dev) or (lambda: None)
     gen = torch.Generator(device=dev).manual_seed(0)
 
     def rand(*shape: int) -> torch.Tensor:

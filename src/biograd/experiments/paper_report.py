@@ -28,6 +28,7 @@ from biograd.experiments.store import short
 from biograd.experiments.summary import refresh, report_stem, settle_reports
 from biograd.rundir import ALIGNMENT, read_rows
 from biograd.runner.config import keyed
+from biograd.runner.device import resolve_device
 
 Results = dict[tuple[str, str], list[dict[str, Any]]]
 #: statuses of a run that did not finish training (it counts against a rule's stability)
@@ -183,8 +184,7 @@ class Context:
         self.found[name] = "measured"
         record = {"name": name, "key": want, "code": code, "code_files": files,
                   "result": _plain(result), "hardware": hardware_info(),
-                  **({"machine_speed": machine_speed(timing if isinstance(timing, str)
-                                                     else "cpu")} if timing else {}),
+                  **(_speed_after(timing) if timing else {}),
                   "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                   "seconds": round(time.perf_counter() - started, 2)}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +211,7 @@ class Context:
             got = self.measure(f"cost-{experiment}",
                                lambda: step_cost_ratios(first, self.cost_repeats), key=key,
                                rules=sorted({c.rule for c in first.values()}),
-                               timing=_timed_device(first))
+                               timing=next((c.device for c in first.values()), True))
             self._costs[experiment] = got or {}
         return float(self._costs[experiment].get(arm, float("nan")))
 
@@ -431,11 +431,15 @@ def _run_machine(s: dict[str, Any]) -> str:
     return text + (f", CPU {cpu}" if cpu and cpu != "not recorded" else ", CPU not recorded")
 
 
-def _timed_device(configs: dict[str, Any]) -> str:
-    """The device the cost probe of these run configs times (``auto`` resolved)."""
-    name = next((c.device for c in configs.values()), "cpu")
-    return "cuda" if name == "auto" and torch.cuda.is_available() else \
-        ("cpu" if name == "auto" else str(name))
+def _speed_after(timing: bool | str) -> dict[str, Any]:
+    """``{"machine_speed": ...}`` of the device a timing ran on (True: the CPU; a run
+    config's device name, resolved as the run resolves it), or nothing when that device is
+    not here (its probe could not run either)."""
+    try:
+        device = resolve_device(timing if isinstance(timing, str) else "cpu")
+    except ConfigError:
+        return {}
+    return {"machine_speed": machine_speed(device.type)}
 
 
 def _measure_machine(record: dict[str, Any]) -> str:

@@ -284,7 +284,7 @@ def run_plan(p: Plan, *, overwrite: bool = False, jobs: int = 1, train: bool = T
         may_start=None if train and deadline is None else may_start, record=train)
     summaries = dict(zip(live, done, strict=True))
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    walls = _WallLog(p)
+    walls = WallLog(p)
     missing = []
     for i, spec in enumerate(p.runs):
         key = run_label(spec)
@@ -314,7 +314,7 @@ def run_plan(p: Plan, *, overwrite: bool = False, jobs: int = 1, train: bool = T
     return results
 
 
-class _WallLog:
+class WallLog:
     """Wall seconds each run took when it was trained (``wall_seconds.json`` beside the runs),
     so a report regenerated from reused runs still states how long they took."""
 

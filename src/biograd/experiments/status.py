@@ -30,8 +30,8 @@ from typing import Any
 
 from biograd import rundir
 from biograd.experiments import paper_report, store
-from biograd.experiments.jobs import is_finished
-from biograd.experiments.reproduce import Plan, run_label, run_plan, runs_root
+from biograd.experiments.jobs import FINISHED
+from biograd.experiments.reproduce import Plan, WallLog, run_label, run_plan
 from biograd.experiments.summary import report_stem
 from biograd.runner.train import run_dir_of
 
@@ -52,21 +52,21 @@ class RunState:
 
 def run_states(p: Plan) -> list[RunState]:
     """The state of every run of ``p`` in the store (read only)."""
-    walls_file = runs_root(p) / "wall_seconds.json"
-    walls: dict[str, float] = json.loads(walls_file.read_text()) if walls_file.is_file() else {}
+    walls = WallLog(p).data
     out = []
     for spec in p.runs:
         key, where = run_label(spec), run_dir_of(spec.config)
+        path = where / rundir.SUMMARY
+        summary = rundir.read_json(path) if path.is_file() else {}
         if not where.is_dir():
             state, why = ABSENT, ""
-        elif is_finished(spec.config):
+        elif summary.get("status") in FINISHED:
             reasons = store.stale_reasons(where, spec.config)
             state, why = (STALE, "; ".join(reasons)) if reasons else (CURRENT, "")
-        else:  # started: resumed from its checkpoint, or retrained after a crash
-            path = where / rundir.SUMMARY
-            summary = rundir.read_json(path) if path.is_file() else {}
-            state, why = ((FAILED, str(summary.get("error", ""))) if summary.get("status")
-                          == "failed" else (INTERRUPTED, ""))
+        elif summary.get("status") == "failed":  # trained again
+            state, why = FAILED, str(summary.get("error", ""))
+        else:  # started: resumed from its checkpoint
+            state, why = INTERRUPTED, ""
         estimate = None
         if state != CURRENT:
             estimate = walls.get(key)

@@ -60,10 +60,7 @@ def reproduce(paper: str, budget: str = "quick", *, seeds: int | None = None,
     listed); ``train_minutes`` starts no run or measurement after that many minutes of this
     call, then writes the report from what exists."""
     started = time.perf_counter()
-    if runs_dir is None:
-        runs_dir = grid.default_runs_dir(budget)
-    p = grid.plan(load_preset(paper, preset), budget, seeds=seeds, overrides=overrides,
-                  runs_dir=runs_dir)
+    p = _plan(paper, budget, seeds, runs_dir, overrides, preset)
     results = grid.run_plan(p, overwrite=overwrite, jobs=jobs, train=train,
                             train_minutes=train_minutes, started=started)
     module = importlib.import_module(MODULES[paper])
@@ -84,8 +81,13 @@ def check(paper: str, budget: str = "quick", *, seeds: int | None = None,
     --check``)."""
     from biograd.experiments import status
 
-    if runs_dir is None:
-        runs_dir = grid.default_runs_dir(budget)
-    p = grid.plan(load_preset(paper, preset), budget, seeds=seeds, overrides=overrides,
-                  runs_dir=runs_dir)
-    return status.check(p, MODULES[paper], Path(out))
+    return status.check(_plan(paper, budget, seeds, runs_dir, overrides, preset),
+                        MODULES[paper], Path(out))
+
+
+def _plan(paper: str, budget: str, seeds: int | None, runs_dir: str | Path | None,
+          overrides: list[str] | tuple[str, ...], preset: str | Path | None) -> grid.Plan:
+    """``paper``'s preset resolved for ``budget`` (runs in the budget's default folder when
+    ``runs_dir`` is None)."""
+    return grid.plan(load_preset(paper, preset), budget, seeds=seeds, overrides=overrides,
+                     runs_dir=grid.default_runs_dir(budget) if runs_dir is None else runs_dir)
