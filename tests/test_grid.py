@@ -10,10 +10,12 @@ import pytest
 import yaml
 
 from biograd.core.errors import ConfigError
+from biograd.experiments import store
 from biograd.experiments.compare import compare
 from biograd.experiments.grid import load_grid, merge
 from biograd.experiments.reproduce import load_preset, plan
 from biograd.papers import preset_path
+from biograd.runner.train import run_dir_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"dataset": "synthetic", "dataset_args": {"n": 48}, "model_args": {"hidden": [6]},
@@ -124,3 +126,8 @@ def test_two_arms_of_one_rule_train_side_by_side(tmp_path: Path) -> None:
     assert record["arms"]["fa_slow"] == {"rule": "feedback_alignment", "rule_args": {},
                                          "config": {"lr": 0.001}}
     assert record["seeds"] == [0] and record["base"]["batch_size"] == 16
+    # every run carries the store's fingerprint, so it can join a results store as it is
+    for run in grid.runs(out):
+        fp = store.read_fingerprint(run_dir_of(run.config))
+        assert fp is not None and fp["wall_seconds"] > 0 and not fp.get("adopted")
+        assert store.stale_reasons(run_dir_of(run.config), run.config) == []

@@ -1,8 +1,11 @@
 """``compare(grid)``: an experiment grid (:mod:`biograd.experiments.grid`: base config x arms
 x seeds) trained on one model and dataset.
 
-One training per (arm, seed) in ``<out_dir>/<name>/<arm>-s<seed>/`` (full run directories),
-the backprop arm first and always included; then each arm's step cost against backprop
+One training per (arm, seed) in ``<out_dir>/<name>/<arm>-s<seed>/`` (full run directories,
+each with the ``fingerprint.json`` of :mod:`biograd.experiments.store`: git commit, code hash
+of its rule, hardware, wall seconds; so a finished run can be moved into a paper's results
+store and is checked there like the runs ``reproduce`` trained), the backprop arm first and
+always included; then each arm's step cost against backprop
 (:mod:`biograd.experiments.cost_probe`, ``cost_repeats`` paired blocks), ``compare.md`` (a
 Markdown table), ``compare.json``, ``learning_curves.png`` and ``angles.png`` (plots read the run
 directories). Finished sub-runs whose saved config matches are reused; interrupted ones are
@@ -66,7 +69,7 @@ def compare(grid: Grid, *, overwrite: bool = False, jobs: int = 1) -> dict[str, 
     out.mkdir(parents=True, exist_ok=True)
     write_yaml(out / rundir.CONFIG, grid_record(grid))
     done = run_all([run.config for run in runs], jobs,
-                   lambda i: f"[compare] {runs[i].arm} seed {runs[i].seed}")
+                   lambda i: f"[compare] {runs[i].arm} seed {runs[i].seed}", record=True)
     results: dict[str, list[dict[str, Any]]] = {}
     for run, (summary, _) in zip(runs, done, strict=True):
         results.setdefault(run.arm, []).append(summary)
