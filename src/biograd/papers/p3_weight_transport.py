@@ -25,6 +25,7 @@ from biograd.experiments.paper_report import (
     angle_columns,
     completed,
     cost_table,
+    fmt,
     mean_std,
     num,
     plot_layer_angles,
@@ -153,10 +154,11 @@ def report(ctx: Context) -> Section:
     lines += ["", *cost_table(ctx, exps, arms)]
     claims = _claims(ctx, exps)
     key = "; ".join(
-        f"{e}: KP {feedback_angle(ctx, e, ctx.arm('kolen_pollack')):.0f}°, WM "
-        f"{feedback_angle(ctx, e, ctx.arm('weight_mirror')):.0f}°, FA "
-        f"{feedback_angle(ctx, e, ctx.arm('feedback_alignment')):.0f}°; acc BP/KP/WM/FA/SS "
-        + "/".join(f"{mean_std(accuracies(ctx.runs(e, ctx.arm(a))))[0]:.1f}" for a in (
+        f"{e}: KP {fmt(feedback_angle(ctx, e, ctx.arm('kolen_pollack')), '.0f', '°')}, WM "
+        f"{fmt(feedback_angle(ctx, e, ctx.arm('weight_mirror')), '.0f', '°')}, FA "
+        f"{fmt(feedback_angle(ctx, e, ctx.arm('feedback_alignment')), '.0f', '°')}; "
+        "acc BP/KP/WM/FA/SS "
+        + "/".join(fmt(mean_std(accuracies(ctx.runs(e, ctx.arm(a))))[0]) for a in (
             REFERENCE, "kolen_pollack", "weight_mirror", "feedback_alignment", "sign_symmetry"))
         for e in exps[:2] if accuracies(ctx.runs(e, ctx.arm(REFERENCE)))) or "no runs yet"
     return Section("\n".join(lines), claims, key)
