@@ -232,6 +232,46 @@ def test_train_minutes_zero_trains_nothing(tmp_path: Path, no_training, capsys) 
     assert not list((tmp_path / "results").rglob("summary.json"))
 
 
+def test_only_trains_the_chosen_runs_and_reports_all(store_copy: Path, monkeypatch,
+                                                     capsys) -> None:
+    """``--only`` trains what its patterns choose; finished runs are reused as always, the
+    others are missing (and a stale one is left where it is, not moved to .stale/)."""
+    for arm in ("weight_mirror", "kolen_pollack"):
+        shutil.rmtree(_root(store_copy) / "mnist-mlp" / f"{arm}-s0")
+    fa = _root(store_copy) / "mnist-mlp/feedback_alignment-s0/config.yaml"
+    fa.write_text(fa.read_text().replace("lr: 0.01", "lr: 0.03"))  # stale
+    trained: list[str] = []
+    real = jobs.train
+    monkeypatch.setattr(jobs, "train", lambda cfg, **kw: trained.append(cfg.rule)
+                        or real(cfg, **kw))
+    summary = _run(store_copy, only=["mnist-mlp/kolen*"])
+    assert trained == ["kolen_pollack"] and summary["missing"] == 2
+    err = capsys.readouterr().err
+    assert "mnist-mlp/weight_mirror-s0: not chosen by --only" in err
+    assert "feedback_alignment-s0 (config changed: lr): not used (not chosen by --only)" in err
+    assert not (_root(store_copy) / ".stale").exists()
+    assert (_root(store_copy) / "mnist-mlp/kolen_pollack-s0/fingerprint.json").is_file()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--only", "mnist-lenet"], "--only 'mnist-lenet' chooses no run of p3-weight-transport "
+     "(standard): give EXPERIMENT, EXPERIMENT/ARM or EXPERIMENT/ARM-sSEED (shell patterns "
+     "allowed), with experiments mnist-mlp and arms backprop, feedback_alignment"),
+    (["--only", "mnist-mlp", "--overwrite"], "--overwrite deletes every run of the budget"),
+    (["--only", "mnist-mlp", "--no-train"], "--only chooses runs to train, and --no-train"),
+    (["--only", "mnist-mlp", "--check"], "--check trains and writes nothing: drop --only"),
+])
+def test_bad_only_is_an_error_and_changes_nothing(store_copy: Path, capsys, extra: list[str],
+                                                  message: str) -> None:
+    before = _tree(store_copy)
+    argv = ["reproduce", PAPER, "--budget", "standard", "--preset",
+            str(store_copy / "preset.yaml"), "--runs", str(store_copy / "results"),
+            "--out", str(store_copy / "docs" / "results"), *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert _tree(store_copy) == before
+
+
 def _ctx(tmp_path: Path, **kw) -> Context:
     plan = SimpleNamespace(paper=PAPER, budget="standard", runs_dir=str(tmp_path),
                            settings={}, runs=[], preset={})

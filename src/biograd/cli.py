@@ -3,7 +3,8 @@
     biograd train   [--config F] [--resume DIR] [--overwrite] [--key=value ...]
     biograd compare [--config F] [--overwrite] [--jobs N] [--key=value ...]
     biograd reproduce PAPER [--budget quick|standard|full] [--seeds N] [--out DIR] [--jobs N]
-                      [--no-train | --check] [--train-minutes M] [--key=value ...]
+                      [--no-train | --check] [--train-minutes M] [--only PATTERN ...]
+                      [--key=value ...]
     biograd rules
     biograd data list
     biograd data fetch NAME... [--data-dir D] [--force] [--from DIR]
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--train-minutes", type=float, default=None, metavar="M",
                      help="start no run or measurement after M minutes, then write the report "
                           "from what exists (a budget larger than one session accumulates)")
+    rep.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                     help="train only the runs this chooses: EXPERIMENT, EXPERIMENT/ARM or "
+                          "EXPERIMENT/ARM-sSEED, shell patterns allowed (mnist-lenet/dtp, "
+                          "'*/kolen_pollack-s0'); repeatable; the report still reads every "
+                          "run that exists")
     sub.add_parser("rules", help="list the registered learning rules")
     data = sub.add_parser("data", help="list or fetch datasets")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -136,7 +142,8 @@ def _cmd_reproduce(args: argparse.Namespace, overrides: list[str], argv: list[st
     if args.check:
         extra = [f for f, on in (("--no-train", not args.train), ("--overwrite", args.overwrite),
                                  ("--train-minutes", args.train_minutes is not None),
-                                 ("--jobs", args.jobs != 1)) if on]
+                                 ("--jobs", args.jobs != 1), ("--only", bool(args.only)))
+                 if on]
         if extra:
             raise ConfigError(f"--check trains and writes nothing: drop {', '.join(extra)}")
         from biograd.experiments.status import lines
@@ -148,7 +155,7 @@ def _cmd_reproduce(args: argparse.Namespace, overrides: list[str], argv: list[st
     summary = reproduce(args.paper, args.budget, seeds=args.seeds, out=args.out,
                         runs_dir=args.runs, overrides=overrides, preset=args.preset,
                         overwrite=args.overwrite, argv=argv, jobs=args.jobs, train=args.train,
-                        train_minutes=args.train_minutes)
+                        train_minutes=args.train_minutes, only=args.only)
     missing = (f" ({summary['missing']} of {summary['runs']} runs missing)"
                if summary.get("missing") else "")
     print(f"wrote {Path(args.out) / summary['report']}: {', '.join(summary['verdicts'])}"

@@ -42,10 +42,12 @@ its JSON summary and ``OUT/README.md``.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,11 +228,12 @@ def run_label(spec: RunSpec) -> str:
     return f"{spec.experiment}/{spec.arm}-s{spec.seed}"
 
 
-def _set_aside_stale(p: Plan, train: bool) -> dict[int, str]:
+def _set_aside_stale(p: Plan, train: bool, chosen: set[int]) -> dict[int, str]:
     """Check every stored run of ``p`` against its fingerprint
     (:func:`biograd.experiments.store.stale_reasons`): a stale one is moved to
-    ``.stale/`` (to be retrained) or, when this invocation trains nothing, left where it is
-    and reported missing. Returns ``{run index: why}`` of the stale runs left in place."""
+    ``.stale/`` (to be retrained) or, when this invocation does not train it (``--no-train``,
+    or not in ``chosen``), left where it is and reported missing. Returns ``{run index:
+    why}`` of the stale runs left in place."""
     left: dict[int, str] = {}
     for i, spec in enumerate(p.runs):
         where = run_dir_of(spec.config)
@@ -239,34 +242,68 @@ def _set_aside_stale(p: Plan, train: bool) -> dict[int, str]:
         why = store.stale_reasons(where, spec.config)
         if not why:
             continue
-        if train:
+        if train and i in chosen:
             dest = store.move_stale(where, runs_root(p))
             print(f"[reproduce {p.paper}] stale run {run_label(spec)} ({'; '.join(why)}): "
                   f"moved to {dest}, retraining it", file=sys.stderr, flush=True)
         else:
             left[i] = f"stale ({'; '.join(why)})"
             print(f"[reproduce {p.paper}] stale run {run_label(spec)} ({'; '.join(why)}): "
-                  "not used (--no-train)", file=sys.stderr, flush=True)
+                  f"not used ({'--no-train' if not train else 'not chosen by --only'})",
+                  file=sys.stderr, flush=True)
     return left
+
+
+def select_runs(p: Plan, only: Sequence[str]) -> set[int]:
+    """Indices of the runs of ``p`` that ``only``'s shell-style patterns choose (all runs when
+    ``only`` is empty). A pattern chooses a run when it matches the run's label
+    ``EXPERIMENT/ARM-sSEED``, its ``EXPERIMENT/ARM`` or its ``EXPERIMENT``: ``mnist-lenet``,
+    ``mnist-lenet/dtp``, ``*/kolen_pollack``, ``mnist-lenet/*-s0``. A pattern that chooses
+    no run is a ConfigError that lists what there is."""
+    if not only:
+        return set(range(len(p.runs)))
+    chosen: set[int] = set()
+    for pattern in only:
+        hit = {i for i, spec in enumerate(p.runs) if any(
+            fnmatch.fnmatchcase(name, pattern) for name in (
+                run_label(spec), f"{spec.experiment}/{spec.arm}", spec.experiment))}
+        if not hit:
+            exps = sorted({s.experiment for s in p.runs})
+            arms = sorted({s.arm for s in p.runs})
+            raise ConfigError(
+                f"--only {pattern!r} chooses no run of {p.paper} ({p.budget}): give "
+                "EXPERIMENT, EXPERIMENT/ARM or EXPERIMENT/ARM-sSEED (shell patterns allowed), "
+                f"with experiments {', '.join(exps) or 'none'} and arms {', '.join(arms)}")
+        chosen |= hit
+    return chosen
 
 
 def run_plan(p: Plan, *, overwrite: bool = False, jobs: int = 1, train: bool = True,
              train_minutes: float | None = None, started: float | None = None,
-             ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+             only: Sequence[str] = ()) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Train every run of ``p`` (reusing finished runs, resuming interrupted ones, retraining
     stale ones: :mod:`biograd.experiments.store`), ``jobs`` at a time in parallel processes
-    (:func:`biograd.experiments.jobs.run_all`). ``train=False`` trains nothing and
+    (:func:`biograd.experiments.jobs.run_all`). ``train=False`` trains nothing,
     ``train_minutes`` starts no run after that many minutes since ``started`` (a
-    ``time.perf_counter()`` value; default now): runs not trained are in the results with
-    status ``missing`` and the reason, and listed on stderr."""
+    ``time.perf_counter()`` value; default now) and ``only`` (patterns, :func:`select_runs`)
+    trains the chosen runs only (the others are reused when finished and current): runs not
+    trained are in the results with status ``missing`` and the reason, and listed on
+    stderr."""
     for spec in p.runs:
         check_names(spec.config)
     if train_minutes is not None and train_minutes < 0:
         raise ConfigError(f"--train-minutes must be >= 0, got {train_minutes}")
+    if only and overwrite:
+        raise ConfigError("--overwrite deletes every run of the budget, not only the chosen "
+                          "ones: drop --only, or drop --overwrite (stale chosen runs are "
+                          "retrained anyway)")
+    if only and not train:
+        raise ConfigError("--only chooses runs to train, and --no-train trains none: drop one")
+    chosen = select_runs(p, only)
     if overwrite and train:
         for d in {Path(s.config.out_dir) for s in p.runs}:
             shutil.rmtree(d, ignore_errors=True)
-    stale = _set_aside_stale(p, train)
+    stale = _set_aside_stale(p, train, chosen)
     deadline = None
     if train_minutes is not None:
         deadline = (time.perf_counter() if started is None else started) + 60 * train_minutes
@@ -274,10 +311,11 @@ def run_plan(p: Plan, *, overwrite: bool = False, jobs: int = 1, train: bool = T
     def may_start() -> bool:
         return train and (deadline is None or time.perf_counter() < deadline)
 
-    todo = [s for s in p.runs if not is_finished(s.config)]
+    finished = {i for i, s in enumerate(p.runs) if is_finished(s.config)}
+    todo = [p.runs[i] for i in sorted(chosen - finished)]
     if todo and may_start():  # one-time costs out of the first timed run (as compare does)
         dry_build(todo[0].config, warm_up_steps=10 if jobs == 1 else 0)
-    live = [i for i in range(len(p.runs)) if i not in stale]
+    live = [i for i in range(len(p.runs)) if i not in stale and (i in chosen or i in finished)]
     done = run_all([p.runs[i].config for i in live], jobs, lambda k: (
         f"[reproduce {p.paper}] {live[k] + 1}/{len(p.runs)} {p.runs[live[k]].experiment} "
         f"{p.runs[live[k]].arm} seed {p.runs[live[k]].seed}"),
@@ -292,6 +330,7 @@ def run_plan(p: Plan, *, overwrite: bool = False, jobs: int = 1, train: bool = T
         info = {"arm": spec.arm, "experiment": spec.experiment, "seed": spec.seed}
         if summary.get("status") == NOT_STARTED or i in stale:
             why = stale.get(i) or ("not trained (--no-train)" if not train else
+                                   "not chosen by --only" if i not in chosen else
                                    "not started (--train-minutes reached)")
             results.setdefault((spec.experiment, spec.arm), []).append(
                 {"rule": spec.config.rule, **info, "status": NOT_STARTED, "reason": why})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,8 @@ def reproduce(paper: str, budget: str = "quick", *, seeds: int | None = None,
               out: str | Path = "docs/results", runs_dir: str | Path | None = None,
               overrides: list[str] | tuple[str, ...] = (), preset: str | Path | None = None,
               overwrite: bool = False, argv: list[str] | None = None,
-              jobs: int = 1, train: bool = True,
-              train_minutes: float | None = None) -> dict[str, Any]:
+              jobs: int = 1, train: bool = True, train_minutes: float | None = None,
+              only: Sequence[str] = ()) -> dict[str, Any]:
     """Run ``paper``'s reproduction at ``budget`` and write its report; returns its summary
     (the verdicts and key numbers also saved as ``OUT/PAPER.json``, ``OUT/PAPER-BUDGET.json``
     for budgets other than standard). ``runs_dir`` defaults to the results store
@@ -58,11 +59,13 @@ def reproduce(paper: str, budget: str = "quick", *, seeds: int | None = None,
     processes (:func:`biograd.experiments.jobs.run_all`). ``train=False`` writes the report
     from the stored runs and measurements only (nothing trained or measured; missing runs
     listed); ``train_minutes`` starts no run or measurement after that many minutes of this
-    call, then writes the report from what exists."""
+    call, then writes the report from what exists; ``only`` trains just the runs its patterns
+    choose (:func:`biograd.experiments.reproduce.select_runs`), the report reads every run
+    that exists."""
     started = time.perf_counter()
     p = _plan(paper, budget, seeds, runs_dir, overrides, preset)
     results = grid.run_plan(p, overwrite=overwrite, jobs=jobs, train=train,
-                            train_minutes=train_minutes, started=started)
+                            train_minutes=train_minutes, started=started, only=only)
     module = importlib.import_module(MODULES[paper])
     settle_reports(Path(out), paper)  # before the report writes its figures
     until = None if train_minutes is None else started + 60 * train_minutes
