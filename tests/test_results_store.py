@@ -476,6 +476,24 @@ def test_stale_absent_and_interrupted_runs_are_listed_not_touched(
     assert not (_root(store_copy) / ".stale").exists()
 
 
+def test_an_arm_never_trained_is_estimated_from_backprop_and_its_step_cost(
+        store_copy: Path, capsys) -> None:
+    shutil.rmtree(_root(store_copy) / "mnist-mlp" / "weight_mirror-s0")
+    walls = _root(store_copy) / "wall_seconds.json"
+    took = json.loads(walls.read_text())
+    del took["mnist-mlp/weight_mirror-s0"]  # no wall time of the arm itself
+    walls.write_text(json.dumps(took))
+    cost = next(_root(store_copy).rglob("cost-mnist-mlp.json"))
+    record = json.loads(cost.read_text())  # this budget times no blocks: give it a ratio
+    ratio = record["result"]["weight_mirror"] = 2.5
+    cost.write_text(json.dumps(record))
+    got = {r.label: r for r in _check(store_copy)["runs"]}["mnist-mlp/weight_mirror-s0"]
+    assert got.scaled and got.estimate == pytest.approx(took["mnist-mlp/backprop-s0"] * ratio)
+    assert main(_argv(store_copy)) == 1
+    assert (f"absent      mnist-mlp/weight_mirror-s0 (~{got.estimate / 60:.1f} min = backprop "
+            "x step cost)") in capsys.readouterr().out
+
+
 def test_check_with_training_options_is_an_error(store_copy: Path, capsys) -> None:
     for extra in (["--no-train"], ["--overwrite"], ["--train-minutes", "1"]):
         assert main(_argv(store_copy) + extra) == 2

@@ -7,8 +7,9 @@ the fingerprint's reasons), ``interrupted`` (started, not finished: resumed), ``
 for every stored measurement the report reads (:meth:`biograd.experiments.paper_report.
 Context.measure`): ``current``, ``stale: WHY`` or ``missing``; the training time still
 needed, estimated from the wall time the same runs (or the other seeds of the same arm) took
-when they were last trained (``wall_seconds.json``); and the verdicts a report written from
-what is current would give, beside those of the report already written.
+when they were last trained (``wall_seconds.json``), or for an arm never trained here from
+backprop's wall time on the experiment x the arm's stored step cost; and the verdicts a
+report written from what is current would give, beside those of the report already written.
 
 Nothing is trained, measured, moved or written: the report is built in a temporary folder and
 thrown away. This is the safe first step before ``--no-train`` or ``--train-minutes``, which
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from biograd import rundir
+from biograd.core.errors import ConfigError
 from biograd.experiments import paper_report, store
 from biograd.experiments.jobs import FINISHED
 from biograd.experiments.reproduce import Plan, WallLog, run_label, run_plan
@@ -48,6 +50,9 @@ class RunState:
     state: str
     why: str = ""
     estimate: float | None = None
+    #: the estimate is backprop's wall time on the experiment x the arm's stored step cost
+    #: (the arm has never been trained here)
+    scaled: bool = False
 
 
 def run_states(p: Plan) -> list[RunState]:
@@ -78,6 +83,29 @@ def run_states(p: Plan) -> list[RunState]:
     return out
 
 
+def _scale_from_backprop(p: Plan, runs: list[RunState], ctx: paper_report.Context) -> None:
+    """Estimate the runs of arms never trained here: the mean wall time of the experiment's
+    backprop runs x the arm's step cost relative to backprop (the report's stored, current
+    ``cost-EXPERIMENT`` measurement; evaluation and alignment rows are not scaled, so it is
+    rough). Runs without both stay unestimated."""
+    try:
+        reference = ctx.arm(paper_report.REFERENCE)
+    except ConfigError:
+        return
+    walls = WallLog(p).data
+    specs = {run_label(s): s for s in p.runs}
+    for r in runs:
+        spec = specs[r.label]
+        if r.estimate is not None or r.state == CURRENT or \
+                ctx.found.get(f"cost-{spec.experiment}") != CURRENT:
+            continue
+        prefix = f"{spec.experiment}/{reference}-s"
+        base = [v for k, v in walls.items() if k.startswith(prefix)]
+        ratio = ctx.step_cost(spec.experiment, spec.arm)
+        if base and ratio == ratio:
+            r.estimate, r.scaled = statistics.mean(base) * ratio, True
+
+
 def check(p: Plan, module_name: str, out: Path) -> dict[str, Any]:
     """Run states, measurement states and verdicts of ``p`` (see the module docstring);
     ``out`` is the report folder whose existing report is compared."""
@@ -89,6 +117,7 @@ def check(p: Plan, module_name: str, out: Path) -> dict[str, Any]:
         ctx = paper_report.Context(p, results, Path(tmp), time.perf_counter(), [],
                                    measure_missing=False)
         section = importlib.import_module(module_name).report(ctx)
+        _scale_from_backprop(p, runs, ctx)
     written = out / f"{report_stem(p.paper, p.budget)}.json"
     before = json.loads(written.read_text()).get("verdicts") if written.is_file() else None
     todo = [r for r in runs if r.state != CURRENT]
@@ -109,13 +138,18 @@ def lines(status: dict[str, Any]) -> list[str]:
     out = [head]
     for r in runs:
         if r.state != CURRENT:
-            took = "" if r.estimate is None else f" (~{r.estimate / 60:.1f} min)"
+            took = "" if r.estimate is None else (
+                f" (~{r.estimate / 60:.1f} min{' = backprop x step cost' if r.scaled else ''})")
             out.append(f"  {r.state:<11} {r.label}{took}{': ' + r.why if r.why else ''}")
     if counts[CURRENT] < len(runs):
         unknown = status["unestimated"]
         known = len(runs) - counts[CURRENT] - unknown
+        scaled = sum(r.scaled for r in runs)
         parts = ([f"about {status['train_seconds'] / 60:.0f} min of run wall time for {known} "
-                  "runs (as they ran before: their threads and machine)"] if known else [])
+                  "runs (as they ran before: their threads and machine"
+                  + (f"; {scaled} of them never trained here, estimated as backprop's wall "
+                     "time on the experiment x the arm's step cost" if scaled else "") + ")"]
+                 if known else [])
         parts += [f"{unknown} runs with no earlier wall time to estimate from"] if unknown else []
         out.append("  to train: " + "; ".join(parts))
     found = status["measurements"]
