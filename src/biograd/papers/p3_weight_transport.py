@@ -214,6 +214,21 @@ def _accs(ctx: Context, e: str, role: str) -> list[float]:
     return accuracies(ctx.runs(e, ctx.arm(role)))
 
 
+def _acc_text(ctx: Context, e: str, role: str) -> str:
+    """Mean ± std of an arm's test accuracy, or how many of its seeds diverged."""
+    accs = _accs(ctx, e, role)
+    if accs:
+        return _pm(accs)
+    runs = ctx.runs(e, ctx.arm(role))
+    bad = sum(r.get("status") == "diverged" for r in runs)
+    return f"diverged in {bad} of {len(runs)} seeds" if bad else "-"
+
+
+def _gap(value: float) -> str:
+    """A margin in points; infinite when an arm has no completed seed (counts as lowest)."""
+    return f"{value:+.2f}" if math.isfinite(value) else "undefined: diverged"
+
+
 def _mean(values: list[float]) -> float:
     """Mean accuracy; a cell with no completed seed (diverged) counts as the lowest."""
     return mean_std(values)[0] if values else float("-inf")
@@ -230,8 +245,8 @@ def _beat_claim(ctx: Context, exps: list[str]) -> Claim:
                - max(_mean(_accs(ctx, e, r)) for r in theirs) for e in testable}
     held = [e for e in testable if margins[e] > 0]
     stat = "; ".join(
-        f"{e}: min(KP, WM) - max(FA, SS) = {margins[e]:+.2f} points (" + ", ".join(
-            f"{ctx.arm(r)} {_pm(_accs(ctx, e, r))}" for r in ours + theirs) + ")"
+        f"{e}: min(KP, WM) - max(FA, SS) = {_gap(margins[e])} points (" + ", ".join(
+            f"{ctx.arm(r)} {_acc_text(ctx, e, r)}" for r in ours + theirs) + ")"
         for e in testable)
     note = "".join(f" Not testable on {w}." for w in why.values())
     return Claim(text, verdict_of(len(held), len(testable)),
@@ -253,7 +268,7 @@ def _near_claim(ctx: Context, exps: list[str]) -> Claim:
     held = [e for e in testable if all(gaps[e, r] <= NEAR_POINTS for r in ours)]
     stat = "; ".join(
         f"{e}: BP {_pm(_accs(ctx, e, REFERENCE))}, " + ", ".join(
-            f"{ctx.arm(r)} {_pm(_accs(ctx, e, r))} (gap {gaps[e, r]:+.2f})" for r in ours)
+            f"{ctx.arm(r)} {_acc_text(ctx, e, r)} (gap {_gap(gaps[e, r])})" for r in ours)
         for e in testable)
     note = "".join(f" Not testable on {w}." for w in why.values())
     return Claim(text, verdict_of(len(held), len(testable)),
