@@ -55,9 +55,16 @@ class RunState:
     scaled: bool = False
 
 
-def run_states(p: Plan) -> list[RunState]:
-    """The state of every run of ``p`` in the store (read only)."""
-    walls = WallLog(p).data
+def _arm_wall(walls: dict[str, float], experiment: str, arm: str) -> float | None:
+    """Mean wall seconds of ``arm``'s runs (any seed) on ``experiment``, or None."""
+    prefix = f"{experiment}/{arm}-s"
+    found = [v for k, v in walls.items() if k.startswith(prefix)]
+    return statistics.mean(found) if found else None
+
+
+def run_states(p: Plan, walls: dict[str, float]) -> list[RunState]:
+    """The state of every run of ``p`` in the store (read only); ``walls``: the wall seconds
+    of earlier runs (:class:`WallLog`), for the estimates."""
     out = []
     for spec in p.runs:
         key, where = run_label(spec), run_dir_of(spec.config)
@@ -76,14 +83,13 @@ def run_states(p: Plan) -> list[RunState]:
         if state != CURRENT:
             estimate = walls.get(key)
             if estimate is None:  # the other seeds of the same arm
-                prefix = f"{spec.experiment}/{spec.arm}-s"
-                others = [v for k, v in walls.items() if k.startswith(prefix)]
-                estimate = statistics.mean(others) if others else None
+                estimate = _arm_wall(walls, spec.experiment, spec.arm)
         out.append(RunState(key, state, why, estimate))
     return out
 
 
-def _scale_from_backprop(p: Plan, runs: list[RunState], ctx: paper_report.Context) -> None:
+def _scale_from_backprop(p: Plan, runs: list[RunState], ctx: paper_report.Context,
+                         walls: dict[str, float]) -> None:
     """Estimate the runs of arms never trained here: the mean wall time of the experiment's
     backprop runs x the arm's step cost relative to backprop (the report's stored, current
     ``cost-EXPERIMENT`` measurement; evaluation and alignment rows are not scaled, so it is
@@ -92,24 +98,23 @@ def _scale_from_backprop(p: Plan, runs: list[RunState], ctx: paper_report.Contex
         reference = ctx.arm(paper_report.REFERENCE)
     except ConfigError:
         return
-    walls = WallLog(p).data
     specs = {run_label(s): s for s in p.runs}
     for r in runs:
         spec = specs[r.label]
         if r.estimate is not None or r.state == CURRENT or \
                 ctx.found.get(f"cost-{spec.experiment}") != CURRENT:
             continue
-        prefix = f"{spec.experiment}/{reference}-s"
-        base = [v for k, v in walls.items() if k.startswith(prefix)]
+        base = _arm_wall(walls, spec.experiment, reference)
         ratio = ctx.step_cost(spec.experiment, spec.arm)
-        if base and ratio == ratio:
-            r.estimate, r.scaled = statistics.mean(base) * ratio, True
+        if base is not None and ratio == ratio:
+            r.estimate, r.scaled = base * ratio, True
 
 
 def check(p: Plan, module_name: str, out: Path) -> dict[str, Any]:
     """Run states, measurement states and verdicts of ``p`` (see the module docstring);
     ``out`` is the report folder whose existing report is compared."""
-    runs = run_states(p)
+    walls = WallLog(p).data
+    runs = run_states(p, walls)
     quiet = io.StringIO()  # the progress lines of a normal reproduction
     with (tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(quiet),
           contextlib.redirect_stdout(quiet)):
@@ -117,7 +122,7 @@ def check(p: Plan, module_name: str, out: Path) -> dict[str, Any]:
         ctx = paper_report.Context(p, results, Path(tmp), time.perf_counter(), [],
                                    measure_missing=False)
         section = importlib.import_module(module_name).report(ctx)
-        _scale_from_backprop(p, runs, ctx)
+        _scale_from_backprop(p, runs, ctx, walls)
     written = out / f"{report_stem(p.paper, p.budget)}.json"
     before = json.loads(written.read_text()).get("verdicts") if written.is_file() else None
     todo = [r for r in runs if r.state != CURRENT]
