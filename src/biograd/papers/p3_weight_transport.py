@@ -224,9 +224,9 @@ def _acc_text(ctx: Context, e: str, role: str) -> str:
     return f"diverged in {bad} of {len(runs)} seeds" if bad else "-"
 
 
-def _gap(value: float) -> str:
+def _gap(value: float, unit: str = "") -> str:
     """A margin in points; infinite when an arm has no completed seed (counts as lowest)."""
-    return f"{value:+.2f}" if math.isfinite(value) else "undefined: diverged"
+    return f"{value:+.2f}{unit}" if math.isfinite(value) else "undefined: diverged"
 
 
 def _mean(values: list[float]) -> float:
@@ -245,7 +245,7 @@ def _beat_claim(ctx: Context, exps: list[str]) -> Claim:
                - max(_mean(_accs(ctx, e, r)) for r in theirs) for e in testable}
     held = [e for e in testable if margins[e] > 0]
     stat = "; ".join(
-        f"{e}: min(KP, WM) - max(FA, SS) = {_gap(margins[e])} points (" + ", ".join(
+        f"{e}: min(KP, WM) - max(FA, SS) = {_gap(margins[e], ' points')} (" + ", ".join(
             f"{ctx.arm(r)} {_acc_text(ctx, e, r)}" for r in ours + theirs) + ")"
         for e in testable)
     note = "".join(f" Not testable on {w}." for w in why.values())
