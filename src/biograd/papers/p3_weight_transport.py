@@ -12,6 +12,7 @@ per step."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from biograd.experiments.paper_report import (
@@ -31,6 +32,7 @@ from biograd.experiments.paper_report import (
     plot_layer_angles,
     verdict_of,
 )
+from biograd.papers import p3_stale
 from biograd.runner.config import Config
 
 #: thresholds (degrees) for "aligned": P3's figure shows KP near 0 and WM within ~10-20 degrees
@@ -144,15 +146,18 @@ def report(ctx: Context) -> Section:
                          "| - |")
             continue
         lam = kp_weight_decay(cfg)
-        lines.append(f"| {e} | {lam:g} | {x / lam:.1f} | {x:.3g} | {math.exp(-x):.2g} | "
+        steps = f"{x / lam:.1f}" if lam else "-"  # no decay: exposure 0 whatever the rates
+        lines.append(f"| {e} | {lam:g} | {steps} | {x:.3g} | {math.exp(-x):.2g} | "
                      f"{math.exp(-x / (1 - cfg.momentum)):.2g} |")
     lines += ["", "## Feedback-vs-forward angle per layer over training", ""]
     for e in exps:
         lines.append(plot_layer_angles(ctx, e, [a for a in arms if a != ctx.arm(REFERENCE)],
                                        "angle_feedback/", f"feedback_angles_{e}.png",
                                        "B vs W^T angle (deg)"))
-    lines += ["", *cost_table(ctx, exps, arms)]
-    claims = _claims(ctx, exps)
+    lines += ["", *cost_table(ctx, exps, arms), ""]
+    stale, finding = p3_stale.section(ctx)
+    lines += stale
+    claims = _claims(ctx, exps, finding)
     key = "; ".join(
         f"{e}: KP {fmt(feedback_angle(ctx, e, ctx.arm('kolen_pollack')), '.0f', '°')}, WM "
         f"{fmt(feedback_angle(ctx, e, ctx.arm('weight_mirror')), '.0f', '°')}, FA "
@@ -175,8 +180,15 @@ def _not_testable(text: str, why: dict[str, str]) -> Claim:
         f"{w}" for w in why.values()) + ".")
 
 
-def _claims(ctx: Context, exps: list[str]) -> list[Claim]:
-    return [_alignment_claim(ctx, exps), _beat_claim(ctx, exps), _near_claim(ctx, exps)]
+def _claims(ctx: Context, exps: list[str], finding: str | None = None) -> list[Claim]:
+    """The three claims; ``finding`` (the stale-feedback probe's, :mod:`p3_stale`) is added to
+    the accuracy claims' evidence where weight mirror diverged."""
+    claims = [_alignment_claim(ctx, exps), _beat_claim(ctx, exps), _near_claim(ctx, exps)]
+    wm = ctx.arm("weight_mirror")
+    if finding and any(r.get("status") == "diverged" for e in exps for r in ctx.runs(e, wm)):
+        claims[1:] = [dataclasses.replace(c, evidence=f"{c.evidence} {finding}")
+                      if c.verdict != NOT_TESTABLE else c for c in claims[1:]]
+    return claims
 
 
 def _alignment_claim(ctx: Context, exps: list[str]) -> Claim:

@@ -120,6 +120,13 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def epoch_batches(seed: int, epoch: int, n: int, batch_size: int) -> tuple[Tensor, ...]:
+    """The sample indices of each batch of ``epoch`` for a run of ``seed`` over ``n`` training
+    samples: the order every run trains in (a fresh permutation per epoch, drawn from a
+    generator seeded by the run's seed and the epoch), so that a probe can replay it."""
+    return torch.randperm(n, generator=_epoch_generator(seed, epoch)).split(batch_size)
+
+
 def _resume_state(out: Path, ddp: Dist) -> tuple[dict[str, Any], list[Path]]:
     """Rank 0 reads the newest good checkpoint (saying which newer ones it refused) and sends
     it to the other ranks."""
@@ -285,8 +292,8 @@ def _train_epoch(run: _Run, epoch: int, first: int, tally: Tally) -> tuple[bool,
     limit, mid-epoch checkpoints. Returns whether the time limit cut the epoch short and the
     seconds it trained (alignment rows not counted); a divergence sets ``run.status``."""
     cfg, rule, opt, guard = run.cfg, run.rule, run.opt, run.guard
-    batches = torch.randperm(len(run.train_x), generator=_epoch_generator(cfg.seed, epoch))
-    batches = batches.to(run.train_x.device).split(cfg.batch_size)
+    batches = [b.to(run.train_x.device)
+               for b in epoch_batches(cfg.seed, epoch, len(run.train_x), cfg.batch_size)]
     bar = tqdm(range(first, len(batches)), desc=f"{cfg.rule} epoch {epoch + 1}",
                disable=not (run.ddp.is_main and sys.stderr.isatty()), leave=False)
     t0, cut = time.perf_counter(), False
