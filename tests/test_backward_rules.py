@@ -44,7 +44,7 @@ def test_feedback_equal_to_w_transpose_is_backprop(kind: str, name: str) -> None
     model, x, y = make_model(kind)
     model.double()
     x = x.double()
-    extra = {"mirror_steps": 0} if name == "weight_mirror" else {}
+    extra = {"mirror_steps": 0, "mirror_warmup_steps": 0} if name == "weight_mirror" else {}
     rule = biograd.create_rule(name, model, **extra)
     _set_feedback_to_w_transpose(rule)
     bp = _with_rule_decay(rule, backprop_gradients(rule, x, y))
@@ -312,7 +312,7 @@ def test_weight_mirror_step_is_the_mirror_formula_on_one_shared_noise_draw(noise
 
 def test_weight_mirror_step_mirrors_after_an_fa_update() -> None:
     model, x, y = make_model("mlp")
-    rule = biograd.create_rule("weight_mirror", model, mirror_steps=3)
+    rule = biograd.create_rule("weight_mirror", model, mirror_steps=3, mirror_warmup_steps=0)
     fa_model, _, _ = make_model("mlp")
     fa = biograd.create_rule("feedback_alignment", fa_model)
     with torch.no_grad():
@@ -334,7 +334,8 @@ def test_weight_mirror_mirrors_unused_feedback_only_when_asked() -> None:
     """``train_unused_feedback``: the data layer's B is mirrored too, with the same noise
     stream layout as before the first step (every layer), and the forward update is FA's."""
     model, x, y = make_model("mlp")
-    rule = biograd.create_rule("weight_mirror", model, train_unused_feedback=True)
+    rule = biograd.create_rule("weight_mirror", model, train_unused_feedback=True,
+                               mirror_warmup_steps=0)
     twin_model, _, _ = make_model("mlp")
     twin = biograd.create_rule("weight_mirror", twin_model)
     before = {k: v.clone() for k, v in rule.feedback.state_dict().items()}
@@ -344,6 +345,42 @@ def test_weight_mirror_mirrors_unused_feedback_only_when_asked() -> None:
         assert not torch.equal(before[k], v)
         torch.testing.assert_close(v, twin.feedback.get(k), rtol=0, atol=0)
     assert list(rule.feedback_weight_pairs()) == [layer.path for layer in rule.layers]
+
+
+def test_weight_mirror_warms_up_once_before_its_first_step() -> None:
+    """P3's warm-up mirror pass: the first step runs ceil(4 / (eta lambda)) mirror updates
+    (2000 at the defaults) before its forward pass, exactly as ``mirror_warmup`` called by hand;
+    later steps, a rule warmed up by hand and one restored from a state dict do not repeat it."""
+    model, x, y = make_model("mlp")
+    rule = biograd.create_rule("weight_mirror", model)
+    assert rule.mirror_warmup_steps == 2000
+    assert biograd.create_rule("weight_mirror", make_model("mlp")[0], mirror_lr=0.01,
+                               mirror_decay=0.5).mirror_warmup_steps == 800
+    assert biograd.create_rule("weight_mirror", make_model("mlp")[0],
+                               mirror_decay=0.0).mirror_warmup_steps == 0
+    twin_model, _, _ = make_model("mlp")
+    twin = biograd.create_rule("weight_mirror", twin_model, mirror_warmup_steps=0)
+    twin.mirror(2000)  # before any step: every layer, from the same generator state
+    for _ in range(2):
+        rule.step(x, y)
+        twin.step(x, y)
+        for p, q in zip(model.parameters(), twin_model.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
+        for k, v in rule.feedback.state_dict().items():
+            torch.testing.assert_close(v, twin.feedback.get(k), rtol=0, atol=0)
+    restored_model, _, _ = make_model("mlp")
+    restored = biograd.create_rule("weight_mirror", restored_model)
+    restored.load_state_dict(rule.state_dict())
+    before = {k: v.clone() for k, v in restored.feedback.state_dict().items()}
+    restored.mirror_steps = 0
+    restored.step(x, y)  # no warm-up, no mirror step: B untouched
+    for k, v in restored.feedback.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    by_hand = biograd.create_rule("weight_mirror", make_model("mlp")[0], mirror_steps=0)
+    by_hand.mirror_warmup(3)
+    kept = {k: v.clone() for k, v in by_hand.feedback.state_dict().items()}
+    by_hand.step(x, y)
+    assert all(torch.equal(v, kept[k]) for k, v in by_hand.feedback.state_dict().items())
 
 
 class Scale(nn.Module):
@@ -410,6 +447,7 @@ def test_model_stays_a_plain_module(name: str) -> None:
         ("kolen_pollack", {"train_unused_feedback": 1},
          "train_unused_feedback must be True or False"),
         ("weight_mirror", {"train_unused_feedback": "yes"}, "train_unused_feedback must be"),
+        ("weight_mirror", {"mirror_warmup_steps": -1}, "mirror_warmup_steps must be >= 0"),
     ],
 )
 def test_bad_hyper_parameters_are_config_errors(name: str, hparams: dict, match: str) -> None:
@@ -543,7 +581,7 @@ def test_converting_the_rule_after_a_step_uses_the_converted_tensors(name: str, 
     """``rule.double()`` after a step replaces the feedback buffers: the next step must send
     the error through the new ones (with B = W^T it is then exact backprop in float64)."""
     model, x, y = make_model(kind)
-    extra = {"mirror_steps": 0} if name == "weight_mirror" else {}
+    extra = {"mirror_steps": 0, "mirror_warmup_steps": 0} if name == "weight_mirror" else {}
     rule = biograd.create_rule(name, model, **extra)
     rule.step(x, y)
     rule.double()

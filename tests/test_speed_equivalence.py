@@ -171,8 +171,8 @@ def test_every_step_equals_the_rule_equations(kind: str, name: str, hparams: dic
     signs = []
     for xb, yb in _batches(x, y, 3):
         opt.zero_grad(set_to_none=True)
-        if name == "direct_feedback_alignment":
-            rule.prepare(xb)  # DFA's B are built at the first step; read them first
+        if name in ("direct_feedback_alignment", "weight_mirror"):
+            rule.prepare(xb)  # DFA builds its B, weight mirror warms up at the first step
         if name == "sign_symmetry":
             feedback = _signs(rule, hparams.get("magnitudes", "unit"))
             signs.append([torch.sign(model[i].weight) for i in _converted(model)[1:]])

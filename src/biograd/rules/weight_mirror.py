@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -64,12 +67,17 @@ class WeightMirror(BackwardReplacementRule):
     (eta 0.002, n 16) keep the steady-state angle to W^T near 7 deg for 256 inputs and 13 deg
     for 784 (noise ~ sqrt(eta lambda fan_in / (2 n)), see docs/algorithms/backward.md) at
     about +27-29% of an MLP's backprop step (benchmarks/speed.py); the time constant is
-    1/(eta lambda) = 500 steps, so warm up with ``mirror_warmup(2000)`` or so. Each mirror
+    1/(eta lambda) = 500 steps. Each mirror
     step draws the noise of every layer in one call (layer slices of one tensor, drawn on the
     CPU from the rule's generator) where the layer's handler supports it (Linear, Conv2d).
     B is a buffer (the user's optimizer never sees it), initialised like FA's.
-    ``mirror_warmup`` runs mirror mode alone before training (P3's code does such a warm-up
-    pass).
+
+    Warm-up (P3's procedure: its code runs a mirror pass before the first engaged step, as many
+    mirror batches as the training set has batches): the first ``step`` runs
+    ``mirror_warmup_steps`` mirror updates before its forward pass, unless
+    :meth:`mirror_warmup` was called already. The default, None, is four time constants,
+    ``ceil(4 / (eta lambda))`` (2000 at the defaults: B within e^-4 of its fixed point, about
+    two MNIST epochs of batches of 64), or 0 without decay (no fixed point); 0 turns it off.
 
     Mirror mode skips a layer whose ``B`` carried no error at the engaged step (its input
     needs no gradient: the first layer of a network fed with data), as that ``B`` takes no part
@@ -88,6 +96,7 @@ class WeightMirror(BackwardReplacementRule):
         mirror_steps: int = 1,
         mirror_batch_size: int = 16,
         mirror_noise: str = "rademacher",
+        mirror_warmup_steps: int | None = None,
         train_unused_feedback: bool = False,
         allow_backprop: tuple[type[nn.Module] | str, ...] = (),
     ) -> None:
@@ -102,6 +111,12 @@ class WeightMirror(BackwardReplacementRule):
         self.mirror_decay = positive(self.name, "mirror_decay", decay, allow_zero=True)
         self.mirror_steps = positive_int(self.name, "mirror_steps", mirror_steps, allow_zero=True)
         self.mirror_batch_size = positive_int(self.name, "mirror_batch_size", mirror_batch_size)
+        if mirror_warmup_steps is None:
+            rate = self.mirror_lr * self.mirror_decay
+            mirror_warmup_steps = math.ceil(4 / rate) if rate > 0 else 0
+        self.mirror_warmup_steps = positive_int(self.name, "mirror_warmup_steps",
+                                                mirror_warmup_steps, allow_zero=True)
+        self._warmed_up = False
         self.init_random_feedback()
         # layers fed from one shared noise draw (with their features per noise sample) and
         # layers whose handler draws its own noise: fixed by the layer types and shapes
@@ -133,17 +148,32 @@ class WeightMirror(BackwardReplacementRule):
                     self.generator,
                 )
 
+    def prepare(self, x: Tensor) -> None:
+        super().prepare(x)
+        if not self._warmed_up:
+            self.mirror_warmup(self.mirror_warmup_steps)
+
     def after_backward(self) -> None:
         self.mirror(self.mirror_steps)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "warmed_up": self._warmed_up}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        # a checkpoint written before the warm-up existed comes from a run already training
+        self._warmed_up = bool(state.get("warmed_up", True))
 
     def mirror_warmup(
         self, steps: int, sample: Tensor | tuple[int, ...] | None = None
     ) -> dict[str, float]:
-        """Run ``steps`` mirror-mode updates before training; returns the B-vs-W^T angles.
+        """Run ``steps`` mirror-mode updates before training (the first :meth:`step` then skips
+        its own warm-up); returns the B-vs-W^T angles.
 
         ``sample`` (a batch or an input shape) is accepted for API symmetry but not needed:
         mirror mode drives each layer with its own noise, whose shape the layer defines.
         """
         positive_int(self.name, "steps", steps, allow_zero=True)
         self.mirror(steps)
+        self._warmed_up = True
         return feedback_alignment_angles(self)
