@@ -241,3 +241,18 @@ def test_cli_reproduce_writes_the_report(tmp_path: Path, monkeypatch, capsys) ->
     report = (tmp_path / "res" / "p5-zil-quick.md").read_text()
     assert "biograd reproduce p5-zil --out res --settings.repeats=1" in report
     assert "| MLP |" in report
+
+
+def test_two_invocations_on_one_store_keep_each_others_wall_times(tmp_path) -> None:
+    """Two reproduce processes on one store (disjoint --only) each record their runs' wall
+    times; neither overwrites the other's entries, and a later value of a key wins."""
+    from biograd.experiments.reproduce import WallLog
+
+    p = plan(load_preset("p3-weight-transport"), "quick", runs_dir=tmp_path)
+    first, second = WallLog(p), WallLog(p)  # both read the (absent) file at start
+    first.record("e/a-s0", 1.5)
+    second.record("e/b-s0", 2.5)
+    first.record("e/a-s1", 3.0)
+    second.record("e/a-s0", 4.0)  # retrained by the second process
+    assert WallLog(p).data == {"e/a-s0": 4.0, "e/b-s0": 2.5, "e/a-s1": 3.0}
+    assert not list(first.path.parent.glob(".*.tmp"))

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import shutil
 import sys
 import time
@@ -365,10 +366,17 @@ class WallLog:
             self.data = json.loads(self.path.read_text())
 
     def record(self, key: str, seconds: float) -> None:
+        """Add ``key``'s wall time to the file: re-read just before writing (another reproduce
+        process on the same store, with a disjoint ``--only``, may have added runs since) and
+        replaced atomically, so concurrent invocations keep each other's entries."""
         if self.path is not None:
+            if self.path.is_file():
+                self.data = {**self.data, **json.loads(self.path.read_text())}
             self.data[key] = round(seconds, 2)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps(self.data, indent=1))
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.data, indent=1))
+            os.replace(tmp, self.path)
 
     def get(self, key: str) -> float | None:
         return self.data.get(key)
