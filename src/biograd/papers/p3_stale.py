@@ -122,11 +122,9 @@ def stale_feedback(ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]] |
         return None
     exp, arm = st["experiment"], st.get("arm") or ctx.arm("weight_mirror")
     seeds, steps = [int(s) for s in st.get("seeds", [0])], int(st.get("steps", 1000))
-    base = next((s.config for s in ctx.plan.runs if s.experiment == exp and s.arm == arm),
-                None)
-    if base is None:
+    cfg = next((s.config for s in ctx.plan.runs if s.experiment == exp and s.arm == arm), None)
+    if cfg is None:
         raise ConfigError(f"settings.stale_feedback: experiment {exp!r} has no arm {arm!r}")
-    cfg = base
     probes = [{"lag": int(p["lag"]), "lr": float(p.get("lr", cfg.lr)),
                "momentum": float(p.get("momentum", cfg.momentum))} for p in st["probes"]]
     keep = ("dataset", "dataset_args", "train_subset", "model", "model_args", "loss",
@@ -142,7 +140,7 @@ def stale_feedback(ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]] |
 
     got = ctx.measure(f"stale-feedback-{exp}", compute, key=key, rules=[PROBE_RULE])
     return {"experiment": exp, "arm": arm, "seeds": seeds, "steps": steps, "lr": cfg.lr,
-            "momentum": cfg.momentum}, (got or {}).get("probes") if got else None
+            "momentum": cfg.momentum}, got.get("probes") if got else None
 
 
 def _outcome(r: dict[str, Any]) -> str:
