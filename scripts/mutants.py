@@ -100,6 +100,8 @@ MUTANTS += group(R + "weight_mirror.py", sel(BACKWARD, "weight_mirror"), [
      "beta = lr * std * std / n, 1.0 + lr * self.mirror_decay"),
     ("weight mirror: Rademacher noise off zero mean", "dropped factor", CORE,
      "(self._BITS * 2 - 1).to(dtype)", "(self._BITS * 2).to(dtype)"),
+    ("weight mirror: P3's warm-up mirror pass skipped", "skipped update", AUX,
+     "self.mirror_warmup(self.mirror_warmup_steps)", "self.mirror_warmup(0)"),
 ])
 MUTANTS += group(R + "kolen_pollack.py", sel(BACKWARD, "kolen_pollack"), [
     ("kolen_pollack: weight decay sign", "flipped sign", CORE,

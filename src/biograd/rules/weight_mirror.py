@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from biograd.core.checks import choice, flag, positive, positive_int
 from biograd.core.losses import LossFn
 from biograd.core.registry import register_rule
+from biograd.core.rule import StepResult
 from biograd.metrics.alignment import feedback_alignment_angles
 from biograd.rules._backward import BackwardReplacementRule
 
@@ -152,6 +153,23 @@ class WeightMirror(BackwardReplacementRule):
         super().prepare(x)
         if not self._warmed_up:
             self.mirror_warmup(self.mirror_warmup_steps)
+
+    def step(self, x: Tensor, y: Tensor) -> StepResult:
+        """The engaged step (warming up first, see the class docstring); a first step that
+        raises (a bad batch) leaves B, the generator and the warm-up as they were."""
+        if self._warmed_up:
+            return super().step(x, y)
+        feedback = {k: v.clone() for k, v in self.feedback.state_dict().items()}
+        generator = self.generator.get_state()
+        try:
+            return super().step(x, y)
+        except Exception:
+            with torch.no_grad():
+                for k, v in feedback.items():
+                    self.feedback.get(k).copy_(v)
+            self.generator.set_state(generator)
+            self._warmed_up = False
+            raise
 
     def after_backward(self) -> None:
         self.mirror(self.mirror_steps)
