@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from biograd.core.registry import create_rule
 from biograd.metrics.alignment import feedback_alignment_angles, update_alignment
 from biograd.runner.config import apply_override, from_dict
-from biograd.runner.data import load_data
-from biograd.runner.models import build_model
-from biograd.runner.train import epoch_batches, make_optimizer, rule_args_of
+from biograd.runner.train import epoch_batches, make_optimizer, rule_args_of, seeded_data_and_model
 from biograd.runner.yamlio import read_yaml
 
 STORE = Path("results/p3-weight-transport/standard")
@@ -49,13 +45,8 @@ def main() -> None:
     for item in args.set:
         apply_override(data_cfg, item)
     cfg = from_dict(data_cfg)
+    data, model = seeded_data_and_model(cfg)
     torch.set_num_threads(1)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.model_args)
     rule = create_rule(cfg.rule, model, loss=cfg.loss, **rule_args_of(cfg))
     opt = make_optimizer(cfg, rule)
     if args.warmup:

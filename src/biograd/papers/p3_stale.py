@@ -26,21 +26,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 from collections import deque
 from typing import Any
 
-import numpy as np
 import torch
 
 from biograd.core.errors import ConfigError
 from biograd.core.registry import create_rule
 from biograd.experiments.paper_report import Context
 from biograd.runner.config import Config
-from biograd.runner.data import load_data
-from biograd.runner.device import thread_count
-from biograd.runner.models import build_model
-from biograd.runner.train import epoch_batches, make_optimizer
+from biograd.runner.train import epoch_batches, make_optimizer, seeded_data_and_model
 
 #: the rule whose machinery the probe uses (its B is overwritten before every step)
 PROBE_RULE = "feedback_alignment"
@@ -55,13 +50,7 @@ def probe_losses(cfg: Config, lag: int, steps: int) -> tuple[list[float], int | 
     if lag < 0 or steps < 1:
         raise ConfigError(f"stale_feedback: lag must be >= 0 and steps >= 1, got lag {lag}, "
                           f"steps {steps}")
-    torch.set_num_threads(thread_count(cfg.threads))
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg)
-    torch.manual_seed(cfg.seed)  # the run's initialisation (as biograd.runner.train)
-    model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.model_args)
+    data, model = seeded_data_and_model(cfg)  # the run's start, as biograd.runner.train
     rule = create_rule(PROBE_RULE, model, loss=cfg.loss)
     opt = make_optimizer(cfg, rule)
     past: deque[list[torch.Tensor]] = deque(maxlen=lag + 1)

@@ -120,11 +120,14 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
-def epoch_batches(seed: int, epoch: int, n: int, batch_size: int) -> tuple[Tensor, ...]:
+def epoch_batches(seed: int, epoch: int, n: int, batch_size: int,
+                  device: torch.device | None = None) -> tuple[Tensor, ...]:
     """The sample indices of each batch of ``epoch`` for a run of ``seed`` over ``n`` training
     samples: the order every run trains in (a fresh permutation per epoch, drawn from a
-    generator seeded by the run's seed and the epoch), so that a probe can replay it."""
-    return torch.randperm(n, generator=_epoch_generator(seed, epoch)).split(batch_size)
+    generator seeded by the run's seed and the epoch), so that a probe can replay it; moved to
+    ``device`` in one transfer."""
+    order = torch.randperm(n, generator=_epoch_generator(seed, epoch))
+    return (order if device is None else order.to(device)).split(batch_size)
 
 
 def _resume_state(out: Path, ddp: Dist) -> tuple[dict[str, Any], list[Path]]:
@@ -200,17 +203,25 @@ class _Run:
             }, keep=self.cfg.keep_checkpoints)
 
 
-def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str, Any]:
-    # -- set up: threads, seeds, data, model, rule, optimizer, scheduler -----------------------
-    writer_cls = tensorboard_writer(cfg)
-    out = run_dir_of(cfg)
+def seeded_data_and_model(cfg: Config) -> tuple[RunData, torch.nn.Module]:
+    """A run's start: torch's thread count, the Python / NumPy / torch seeds, the data and the
+    model initialised from ``cfg.seed`` (reseeded after loading, so the initialisation does
+    not depend on what loading drew), as :func:`train` does; probes that replay a run call it
+    too."""
     torch.set_num_threads(thread_count(cfg.threads))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     data = load_data(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.model_args)
+    return data, build_model(cfg.model, data.input_shape, data.num_classes, cfg.model_args)
+
+
+def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str, Any]:
+    # -- set up: threads, seeds, data, model, rule, optimizer, scheduler -----------------------
+    writer_cls = tensorboard_writer(cfg)
+    out = run_dir_of(cfg)
+    data, model = seeded_data_and_model(cfg)
     rule = create_rule(cfg.rule, model.to(ddp.device), loss=cfg.loss, **rule_args_of(cfg))
     opt = make_optimizer(cfg, rule)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
@@ -292,8 +303,8 @@ def _train_epoch(run: _Run, epoch: int, first: int, tally: Tally) -> tuple[bool,
     limit, mid-epoch checkpoints. Returns whether the time limit cut the epoch short and the
     seconds it trained (alignment rows not counted); a divergence sets ``run.status``."""
     cfg, rule, opt, guard = run.cfg, run.rule, run.opt, run.guard
-    batches = [b.to(run.train_x.device)
-               for b in epoch_batches(cfg.seed, epoch, len(run.train_x), cfg.batch_size)]
+    batches = epoch_batches(cfg.seed, epoch, len(run.train_x), cfg.batch_size,
+                            run.train_x.device)
     bar = tqdm(range(first, len(batches)), desc=f"{cfg.rule} epoch {epoch + 1}",
                disable=not (run.ddp.is_main and sys.stderr.isatty()), leave=False)
     t0, cut = time.perf_counter(), False
