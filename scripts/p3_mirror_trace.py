@@ -10,7 +10,8 @@ LeNet") ran it with the mirror settings changed::
 It replays the run's config (``results/p3-weight-transport/standard/EXPERIMENT/ARM-sSEED/
 config.yaml``), initialisation and data order with the run's optimizer at the first epoch's
 rate (no schedule), one thread; ``--warmup N`` runs weight mirror's ``mirror_warmup(N)``
-first; it stops at the runner's divergence test (loss above ``max_loss`` or not finite).
+first instead of the rule's own warm-up (``--set rule_args.mirror_warmup_steps=0``: none);
+it stops at the runner's divergence test (loss above ``max_loss`` or not finite).
 """
 
 from __future__ import annotations
