@@ -494,6 +494,24 @@ def test_an_arm_never_trained_is_estimated_from_backprop_and_its_step_cost(
             "x step cost)") in capsys.readouterr().out
 
 
+def test_a_diverged_run_is_estimated_as_the_whole_run_it_stopped_short_of(
+        store_copy: Path, no_training, monkeypatch) -> None:
+    path = _root(store_copy) / "mnist-mlp" / "weight_mirror-s0" / "summary.json"
+    summary = json.loads(path.read_text())
+    planned = summary["steps"]  # the run completed: all its steps were planned
+    assert planned >= 2
+    summary.update(status="diverged", steps=1, diverged={"step": 1})
+    path.write_text(json.dumps(summary))
+    took = json.loads((_root(store_copy) / "wall_seconds.json").read_text())
+    real = store.code_files
+    monkeypatch.setattr(store, "code_files", lambda r: {**real(r), "biograd.rules.x": "0"}
+                        if r == "weight_mirror" else real(r))  # stale: to be retrained
+    got = {r.label: r for r in _check(store_copy)["runs"]}["mnist-mlp/weight_mirror-s0"]
+    assert got.state == "stale" and not got.scaled
+    assert got.estimate == pytest.approx(
+        took["mnist-mlp/weight_mirror-s0"] * planned)
+
+
 def test_check_with_training_options_is_an_error(store_copy: Path, capsys) -> None:
     for extra in (["--no-train"], ["--overwrite"], ["--train-minutes", "1"]):
         assert main(_argv(store_copy) + extra) == 2

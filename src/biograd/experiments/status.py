@@ -7,7 +7,8 @@ the fingerprint's reasons), ``interrupted`` (started, not finished: resumed), ``
 for every stored measurement the report reads (:meth:`biograd.experiments.paper_report.
 Context.measure`): ``current``, ``stale: WHY`` or ``missing``; the training time still
 needed, estimated from the wall time the same runs (or the other seeds of the same arm) took
-when they were last trained (``wall_seconds.json``), or for an arm never trained here from
+when they were last trained (``wall_seconds.json``; a run that diverged or was cut short
+counts pro rata, as the whole run it stopped short of), or for an arm never trained here from
 backprop's wall time on the experiment x the arm's stored step cost; and the verdicts a
 report written from what is current would give, beside those of the report already written.
 
@@ -62,6 +63,23 @@ def _arm_wall(walls: dict[str, float], experiment: str, arm: str) -> float | Non
     return statistics.mean(found) if found else None
 
 
+def full_run_walls(p: Plan, walls: dict[str, float]) -> dict[str, float]:
+    """``walls`` with each diverged or truncated run's wall time scaled to the whole run it
+    stopped short of (x planned steps / steps done), so that it does not make the other seeds
+    of its arm look cheap: a run that diverged at step 264 of 938 took a quarter of a run."""
+    out = dict(walls)
+    for spec in p.runs:
+        key, path = run_label(spec), run_dir_of(spec.config) / rundir.SUMMARY
+        if key not in walls or not path.is_file():
+            continue
+        summary = rundir.read_json(path)
+        steps, per_epoch = summary.get("steps"), summary.get("steps_per_epoch")
+        short = summary.get("status") == "diverged" or summary.get("truncated")
+        if short and steps and per_epoch:
+            out[key] = walls[key] * max(1.0, spec.config.epochs * per_epoch / steps)
+    return out
+
+
 def run_states(p: Plan, walls: dict[str, float]) -> list[RunState]:
     """The state of every run of ``p`` in the store (read only); ``walls``: the wall seconds
     of earlier runs (:class:`WallLog`), for the estimates."""
@@ -113,7 +131,7 @@ def _scale_from_backprop(p: Plan, runs: list[RunState], ctx: paper_report.Contex
 def check(p: Plan, module_name: str, out: Path) -> dict[str, Any]:
     """Run states, measurement states and verdicts of ``p`` (see the module docstring);
     ``out`` is the report folder whose existing report is compared."""
-    walls = WallLog(p).data
+    walls = full_run_walls(p, WallLog(p).data)
     runs = run_states(p, walls)
     quiet = io.StringIO()  # the progress lines of a normal reproduction
     with (tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(quiet),
