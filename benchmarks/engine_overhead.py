@@ -24,7 +24,7 @@ from biograd.runner.config import load_config
 from biograd.runner.data import load_data, on_device_if_it_fits
 from biograd.runner.device import resolve_device
 from biograd.runner.models import build_model
-from biograd.runner.train import _epoch_generator, make_optimizer, rule_args_of, train
+from biograd.runner.train import epoch_batches, make_optimizer, rule_args_of, train
 
 
 def bare_epoch(cfg, data, device) -> float:
@@ -34,11 +34,11 @@ def bare_epoch(cfg, data, device) -> float:
     rule = create_rule(cfg.rule, model.to(device), loss=cfg.loss, **rule_args_of(cfg))
     opt = make_optimizer(cfg, rule)
     x, y = on_device_if_it_fits(data.train_x, data.train_y, device)
-    order = torch.randperm(len(x), generator=_epoch_generator(cfg.seed, 0)).to(x.device)
+    batches = epoch_batches(cfg.seed, 0, len(x), cfg.batch_size, x.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     t0 = time.perf_counter()
-    for index in order.split(cfg.batch_size):
+    for index in batches:
         opt.zero_grad(set_to_none=True)
         rule.step(x[index].to(device), y[index].to(device))
         opt.step()
