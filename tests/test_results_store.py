@@ -8,12 +8,15 @@ per session and copied into each test."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from biograd import runlock
 from biograd.cli import main
 from biograd.experiments import jobs, status, store
 from biograd.experiments import reproduce as grid
@@ -492,6 +495,19 @@ def test_an_arm_never_trained_is_estimated_from_backprop_and_its_step_cost(
     assert main(_argv(store_copy)) == 1
     assert (f"absent      mnist-mlp/weight_mirror-s0 (~{got.estimate / 60:.1f} min = backprop "
             "x step cost)") in capsys.readouterr().out
+
+
+def test_a_run_another_process_is_training_is_listed_as_training(
+        store_copy: Path, no_training, capsys) -> None:
+    run = _root(store_copy) / "mnist-mlp" / "sign_symmetry-s0"
+    (run / "summary.json").unlink()  # started, not finished ...
+    runlock.lock_path(run).write_text(json.dumps(  # ... and its process still running
+        {"pid": os.getppid(), "host": socket.gethostname(), "since": 0}))
+    got = {r.label: r for r in _check(store_copy)["runs"]}["mnist-mlp/sign_symmetry-s0"]
+    assert got.state == "training" and got.why == (
+        f"by pid {os.getppid()} on {socket.gethostname()}")
+    assert main(_argv(store_copy)) == 1
+    assert "training    mnist-mlp/sign_symmetry-s0 (~" in capsys.readouterr().out
 
 
 def test_a_diverged_run_is_estimated_as_the_whole_run_it_stopped_short_of(

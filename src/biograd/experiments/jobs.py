@@ -23,6 +23,7 @@ from biograd.core.errors import ConfigError
 from biograd.experiments import store
 from biograd.experiments.cost_probe import rule_on_first_batch
 from biograd.metrics.cost import training_step
+from biograd.runlock import RunBusyError
 from biograd.runner.config import Config, same_config
 from biograd.runner.data import load_data
 from biograd.runner.device import JOBS_ENV, fork_rng, resolve_device
@@ -84,12 +85,18 @@ def run_one(sub: Config, record: bool = False) -> dict[str, Any]:
 
 def _run_safely(sub: Config, record: bool = False) -> tuple[dict[str, Any], float]:
     """:func:`run_one` and its wall seconds; any error but a ConfigError becomes a ``failed``
-    summary (also written into the run directory) so one broken rule does not sink the grid."""
+    summary (also written into the run directory) so one broken rule does not sink the grid;
+    a run another process is training (:class:`biograd.runlock.RunBusyError`) is left to it,
+    ``missing`` here, its directory untouched."""
     t0 = time.perf_counter()
     try:
         summary = run_one(sub, record)
     except ConfigError:
         raise
+    except RunBusyError as exc:  # another process trains it: leave its directory alone
+        print(f"biograd: warning: {exc}; not trained here", file=sys.stderr, flush=True)
+        return {"status": NOT_STARTED, "rule": sub.rule, "seed": sub.seed,
+                "reason": str(exc)}, time.perf_counter() - t0
     except Exception as exc:
         traceback.print_exc()
         summary = {"status": "failed", "rule": sub.rule, "seed": sub.seed,

@@ -330,9 +330,10 @@ def run_plan(p: Plan, *, overwrite: bool = False, jobs: int = 1, train: bool = T
         summary, seconds = summaries.get(i, ({"status": NOT_STARTED}, 0.0))
         info = {"arm": spec.arm, "experiment": spec.experiment, "seed": spec.seed}
         if summary.get("status") == NOT_STARTED or i in stale:
-            why = stale.get(i) or ("not trained (--no-train)" if not train else
-                                   "not chosen by --only" if i not in chosen else
-                                   "not started (--train-minutes reached)")
+            why = stale.get(i) or summary.get("reason") or (
+                "not trained (--no-train)" if not train else
+                "not chosen by --only" if i not in chosen else
+                "not started (--train-minutes reached)")
             results.setdefault((spec.experiment, spec.arm), []).append(
                 {"rule": spec.config.rule, **info, "status": NOT_STARTED, "reason": why})
             missing.append(f"{key}: {why}")

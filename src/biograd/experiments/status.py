@@ -2,8 +2,10 @@
 
 For every run of a paper's plan: ``current`` (finished, and its fingerprint matches the code
 and config: reused as is), ``stale`` (finished under other code or config: retrained, with
-the fingerprint's reasons), ``interrupted`` (started, not finished: resumed), ``failed``
-(crashed, with its error: trained again) or ``absent``;
+the fingerprint's reasons), ``training`` (another process holds its lock,
+:mod:`biograd.runlock`: a reproduction now would leave it to that process), ``interrupted``
+(started, not finished: resumed), ``failed`` (crashed, with its error: trained again) or
+``absent``;
 for every stored measurement the report reads (:meth:`biograd.experiments.paper_report.
 Context.measure`): ``current``, ``stale: WHY`` or ``missing``; the training time still
 needed, estimated from the wall time the same runs (or the other seeds of the same arm) took
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from biograd import rundir
+from biograd import rundir, runlock
 from biograd.core.errors import ConfigError
 from biograd.experiments import paper_report, store
 from biograd.experiments.jobs import FINISHED
@@ -38,8 +40,8 @@ from biograd.experiments.reproduce import Plan, WallLog, run_label, run_plan
 from biograd.experiments.summary import report_stem
 from biograd.runner.train import run_dir_of
 
-CURRENT, STALE, INTERRUPTED, FAILED, ABSENT = (
-    "current", "stale", "interrupted", "failed", "absent")
+CURRENT, STALE, TRAINING, INTERRUPTED, FAILED, ABSENT = (
+    "current", "stale", "training", "interrupted", "failed", "absent")
 
 
 @dataclass
@@ -97,6 +99,8 @@ def run_states(p: Plan, walls: dict[str, float]) -> list[RunState]:
             state, why = FAILED, str(summary.get("error", ""))
         else:  # started: resumed from its checkpoint
             state, why = INTERRUPTED, ""
+        if state != CURRENT and (owner := runlock.holder(where)) is not None:
+            state, why = TRAINING, f"by pid {owner.get('pid')} on {owner.get('host')}"
         estimate = None
         if state != CURRENT:
             estimate = walls.get(key)
@@ -155,7 +159,7 @@ def lines(status: dict[str, Any]) -> list[str]:
     """``status`` (:func:`check`) as the lines ``biograd reproduce --check`` prints."""
     runs: list[RunState] = status["runs"]
     counts = {s: sum(r.state == s for r in runs)
-              for s in (CURRENT, STALE, INTERRUPTED, FAILED, ABSENT)}
+              for s in (CURRENT, STALE, TRAINING, INTERRUPTED, FAILED, ABSENT)}
     head = f"{status['paper']} ({status['budget']}): " + (f"{len(runs)} runs: " + ", ".join(
         f"{n} {s}" for s, n in counts.items() if n) if runs else "no training runs")
     out = [head]

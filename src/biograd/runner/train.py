@@ -10,6 +10,7 @@ on ``cfg.device`` (:mod:`biograd.runner.device`). Under torchrun it trains data-
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import time
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from biograd import rundir
+from biograd import rundir, runlock
 from biograd.core.errors import CheckpointError, ConfigError
 from biograd.core.registry import create_rule, rule_info
 from biograd.core.rule import LearningRule
@@ -152,13 +153,15 @@ def train(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict
     """Train ``cfg.rule`` and return the summary (also written to ``summary.json``).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this; see
-    :mod:`biograd.runner.distributed`.
+    :mod:`biograd.runner.distributed`. :class:`biograd.runlock.RunBusyError` when another
+    process is training the same run directory (:mod:`biograd.runlock`).
     """
     check_names(cfg)
     check_supported(cfg)
     ddp = from_env(cfg.device, cfg.dist_backend)
-    try:
-        return _train(cfg, ddp, overwrite=overwrite, resume=resume)
+    try:  # one process per run directory (rank 0 holds it for the group)
+        with runlock.hold(run_dir_of(cfg)) if ddp.is_main else contextlib.nullcontext():
+            return _train(cfg, ddp, overwrite=overwrite, resume=resume)
     finally:
         ddp.close()
 
