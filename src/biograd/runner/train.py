@@ -71,9 +71,12 @@ def feedback_schedule(cfg: Config, rule: LearningRule) -> tuple[int, int]:
     return before, after
 
 
-def _feedback_epochs(cfg: Config, rule: LearningRule, ddp: Dist, x: Tensor, y: Tensor,
-                     count: int, tag: int) -> float:
-    """``count`` feedback-only passes over the training set (own shuffles); returns seconds."""
+def feedback_epochs(cfg: Config, rule: LearningRule, x: Tensor, y: Tensor, count: int,
+                    tag: int, ddp: Dist | None = None) -> float:
+    """``count`` feedback-only passes over the training set (own shuffles, seeded by the run's
+    seed and ``tag``: 0 before training, ``e`` after epoch ``e``); returns seconds. ``ddp``:
+    the process group (None: this process alone)."""
+    ddp = Dist() if ddp is None else ddp
     t0 = time.perf_counter()
     for k in range(count):
         order = torch.Generator().manual_seed(cfg.seed * 100_003 + 50_021 * (tag + 1) + k)
@@ -247,7 +250,7 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
     fb_before, fb_after = feedback_schedule(cfg, rule)
     fb_seconds = 0.0  # feedback-only epochs count into the next epoch's seconds
     if fb_before and not resume:
-        fb_seconds = _feedback_epochs(cfg, rule, ddp, train_x, train_y, fb_before, tag=0)
+        fb_seconds = feedback_epochs(cfg, rule, train_x, train_y, fb_before, 0, ddp)
     for epoch in range(int(ck["epoch"]), cfg.epochs):
         first = int(ck["batch"]) if epoch == int(ck["epoch"]) else 0
         tally = Tally.from_state(ck["partial"]) if first else Tally()
@@ -260,8 +263,8 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
         tally.seconds += seconds + fb_seconds
         fb_seconds = 0.0
         if fb_after and not cut and epoch + 1 < cfg.epochs:  # Meulemans et al.'s extra epoch
-            tally.seconds += _feedback_epochs(cfg, rule, ddp, train_x, train_y, fb_after,
-                                              tag=epoch + 1)
+            tally.seconds += feedback_epochs(cfg, rule, train_x, train_y, fb_after, epoch + 1,
+                                             ddp)
         _log_epoch(run, _epoch_row(cfg, rule, data, tally, epoch, run.step,
                                    opt.param_groups[0]["lr"]))
         if not cut:
