@@ -7,9 +7,10 @@ with ``overwrite`` (a started run without a checkpoint is restarted) and the two
 the same files. :func:`hold` takes a lock file beside the run directory,
 ``.NAME.lock`` (beside, not inside: an overwrite removes the directory), created atomically
 with ``O_EXCL`` and holding the owner's pid, host and start time; it is removed when training
-ends, however it ends. A lock whose process no longer exists on this host (a killed run) is
-taken over with a warning; one from another host (a shared filesystem) is never guessed
-about: the error says which file to delete once that process is known to be gone.
+returns or raises. A process killed by a signal leaves it behind: a lock whose process no
+longer exists on this host is taken over with a warning; one from another host (a shared
+filesystem) is never guessed about: the error says which file to delete once that process is
+known to be gone.
 """
 
 from __future__ import annotations
