@@ -11,7 +11,7 @@ from pathlib import Path
 from biograd.experiments.paper_report import Context, mean_std
 from biograd.experiments.reproduce import plan
 from biograd.papers import load_preset
-from biograd.papers.p1_longer import longer_check
+from biograd.papers.p1_longer import backprop_check, longer_check
 
 TINY = ["dataset=synthetic", "dataset_args.n=48", "dataset_args.input_shape=[1,28,28]",
         "dataset_args.num_classes=10", "train_subset=32", "test_subset=16", "epochs=1",
@@ -54,3 +54,47 @@ def test_nothing_without_the_setting_and_not_measured_when_nothing_may_train(
     text = longer_check(_ctx(tmp_path, measure=False), "mnist-d8", ARMS, gap=1.0)
     assert text == " mnist-d8 with 2x the epochs: not measured."
     assert not (tmp_path / "p1-lra" / "standard" / "_measurements").exists()
+
+
+def _bp_results(acc: float, loss: float = 2.5) -> dict:
+    """The budget's own backprop runs of fmnist-d8, all completed at ``acc`` (fraction)."""
+    return {("fmnist-d8", "backprop"): [
+        {"status": "completed", "test_acc": acc, "train_loss": loss, "seed": s}
+        for s in (0, 1, 2)]}
+
+
+def test_backprop_below_its_reference_is_retrained_with_more_epochs(tmp_path: Path) -> None:
+    p = plan(load_preset("p1-lra"), "standard", runs_dir=tmp_path, overrides=TINY)
+    ctx = Context(p, _bp_results(0.5), tmp_path / "out", 0.0, [])
+    assert ctx.reference_target("fmnist-d8") == 88.0
+    text = backprop_check(ctx, "fmnist-d8")
+    stored = json.loads((ctx.measurements_dir / "longer-backprop-fmnist-d8.json").read_text())
+    runs = stored["result"]["runs"]
+    assert stored["result"]["epochs"] == 2 and len(runs) == 3
+    assert {(r["arm"], r["seed"], r["status"]) for r in runs} == {
+        ("backprop", s, "completed") for s in (0, 1, 2)}
+    acc = mean_std([100 * r["test_acc"] for r in runs])[0]
+    loss = mean_std([r["train_loss"] for r in runs])[0]
+    assert f"reached {acc:.2f} ±" in text and f"training loss {loss:.3f}, against 2.500" in text
+    assert "stays below 88 % even with 2 epochs" in text  # a tiny synthetic task: far below
+    assert ("training loss still falling" in text) == (loss < 2.5)
+    # the budget's backprop converged: nothing to check, nothing measured
+    assert backprop_check(Context(p, _bp_results(0.9), tmp_path / "o2", 0.0, []),
+                          "fmnist-d8") == ""
+    # a lower reference that the longer runs reach: the budget is named as the cause
+    low = Context(p, _bp_results(0.0), tmp_path / "o3", 0.0, [], measure_missing=False)
+    low.reference_target = lambda exp: acc - 1.0  # the stored runs' accuracy is above it
+    assert "under-train backprop here: with 2 epochs for every rule" in backprop_check(
+        low, "fmnist-d8")
+
+
+def test_backprop_check_needs_the_setting_and_finished_runs(tmp_path: Path) -> None:
+    p = plan(load_preset("p1-lra"), "standard", runs_dir=tmp_path,
+             overrides=[*TINY, "settings.longer_epochs_factor=0"])
+    assert backprop_check(Context(p, _bp_results(0.5), tmp_path, 0.0, []), "fmnist-d8") == ""
+    p = plan(load_preset("p1-lra"), "standard", runs_dir=tmp_path, overrides=TINY)
+    two = {k: v[:2] for k, v in _bp_results(0.5).items()}
+    assert backprop_check(Context(p, two, tmp_path, 0.0, []), "fmnist-d8") == ""
+    text = backprop_check(Context(p, _bp_results(0.5), tmp_path, 0.0, [],
+                                  measure_missing=False), "fmnist-d8")
+    assert text == " fmnist-d8: backprop with 2x the epochs not measured."

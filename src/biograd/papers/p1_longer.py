@@ -1,9 +1,14 @@
-"""P1's check that a cell LRA-E lost is not lost to the budget (issue 16): LRA-E and the cell's
-best alternative retrained with ``settings.longer_epochs_factor`` times the epochs (the same
-cosine schedule stretched over them), every seed of the budget, through the engine
-(:func:`biograd.experiments.jobs.run_all`, two runs at a time) in a temporary folder. The
-numbers are stored as a measurement (``_measurements/longer-EXPERIMENT.json``, keyed by the
-runs' configs and the two rules' code), so the report is rebuilt without retraining.
+"""P1's checks that the budget is not what a cell's verdict measures (issue 16), both with
+``settings.longer_epochs_factor`` times the epochs (the same cosine schedule stretched over
+them), every seed of the budget, through the engine (:func:`biograd.experiments.jobs.run_all`,
+two runs at a time) in a temporary folder, stored as measurements keyed by the runs' configs
+and the rules' code, so the report is rebuilt without retraining:
+
+- :func:`longer_check`: a cell LRA-E lost, LRA-E and the cell's best alternative retrained
+  (``_measurements/longer-EXPERIMENT.json``);
+- :func:`backprop_check`: a cell that is not testable because backprop stayed below its
+  reference accuracy, backprop retrained (``_measurements/longer-backprop-EXPERIMENT.json``),
+  to tell an under-trained backprop (the budget) from a net that does not reach the level.
 """
 
 from __future__ import annotations
@@ -12,20 +17,14 @@ import tempfile
 from typing import Any
 
 from biograd.experiments.jobs import run_all
-from biograd.experiments.paper_report import Context, mean_std
+from biograd.experiments.paper_report import REFERENCE, Context, completed, mean_std
 from biograd.experiments.store import config_view
 
 
-def longer_check(ctx: Context, exp: str, arms: tuple[str, str], gap: float) -> str:
-    """``exp``'s two ``arms`` (LRA-E's label first) retrained with more epochs: one sentence
-    with the mean test errors and their difference against ``gap`` (the difference at the
-    budget's epochs), or '' when the budget asks for no such check."""
-    factor = int(ctx.plan.settings.get("longer_epochs_factor") or 0)
-    if factor < 2:
-        return ""
-    specs = [s for s in ctx.plan.runs if s.experiment == exp and s.arm in arms]
-    if not specs:
-        return ""
+def _retrain(ctx: Context, name: str, exp: str, specs: list, factor: int
+             ) -> dict[str, Any] | None:
+    """The runs ``specs`` of ``exp`` retrained with ``factor`` times their epochs, stored as
+    the measurement ``name`` (None when it is missing and this invocation measures nothing)."""
     epochs = specs[0].config.epochs * factor
     key = {"factor": factor, "runs": {f"{s.arm}-s{s.seed}": config_view(s.config.to_dict())
                                       for s in specs}}
@@ -42,8 +41,64 @@ def longer_check(ctx: Context, exp: str, arms: tuple[str, str], gap: float) -> s
              "wall_seconds": round(seconds, 1)}
             for s, (summary, seconds) in zip(specs, done, strict=True)]}
 
-    got = ctx.measure(f"longer-{exp}", compute, key=key, rules=sorted({s.config.rule
-                                                                       for s in specs}))
+    return ctx.measure(name, compute, key=key, rules=sorted({s.config.rule for s in specs}))
+
+
+def backprop_check(ctx: Context, exp: str) -> str:
+    """One sentence on ``exp``, a cell not testable because backprop's mean accuracy is below
+    the experiment's reference: backprop retrained with ``longer_epochs_factor`` times the
+    epochs, its mean accuracy and training loss against the reference and against the
+    budget's own backprop runs; '' when the budget asks for no such check, ``exp`` has a
+    backprop run not finished, or backprop reached the reference."""
+    factor = int(ctx.plan.settings.get("longer_epochs_factor") or 0)
+    target = ctx.reference_target(exp)
+    bp = ctx.arm(REFERENCE)
+    runs = ctx.runs(exp, bp)
+    specs = [s for s in ctx.plan.runs if s.experiment == exp and s.arm == bp]
+    if factor < 2 or target is None or not specs or len(completed(runs)) < len(specs):
+        return ""
+    accs = [100 * r["test_acc"] for r in completed(runs)]
+    if mean_std(accs)[0] >= target:
+        return ""
+    epochs = specs[0].config.epochs
+    got = _retrain(ctx, f"longer-backprop-{exp}", exp, specs, factor)
+    if got is None:
+        return f" {exp}: backprop with {factor}x the epochs not measured."
+    done = [r for r in got["runs"] if r.get("status") == "completed"]
+    if len(done) < len(specs):
+        return f" {exp}: backprop with {got['epochs']} epochs: a run did not complete."
+    (am, asd), (lm, _) = (mean_std([100 * r["test_acc"] for r in done]),
+                          mean_std([r["train_loss"] for r in done]))
+    before = mean_std([r["train_loss"] for r in completed(runs)])[0]
+    if am >= target:
+        why = (f"the budget's {epochs} epochs under-train backprop here: with "
+               f"{got['epochs']} epochs for every rule the cell would be testable")
+    else:
+        why = (f"backprop stays below {target:g} % even with {got['epochs']} epochs, "
+               + ("its training loss still falling: backprop trains this net slowly, and "
+                  "testing the cell needs a longer budget for every rule (or a reference "
+                  "taken from a longer backprop run)" if lm < before else
+                  "its training loss no lower: the net does not reach the reference level "
+                  "under this protocol"))
+    gain = am - mean_std(accs)[0]
+    return (f" {exp}: backprop retrained with {factor}x the epochs ({got['epochs']}, the same "
+            f"schedule stretched, seeds {sorted(r['seed'] for r in done)}) reached "
+            f"{am:.2f} ± {asd:.2f} % ({gain:+.2f} points over its {epochs}-epoch runs; "
+            f"training loss {lm:.3f}, against {before:.3f} at {epochs} epochs): {why}.")
+
+
+def longer_check(ctx: Context, exp: str, arms: tuple[str, str], gap: float) -> str:
+    """``exp``'s two ``arms`` (LRA-E's label first) retrained with more epochs: one sentence
+    with the mean test errors and their difference against ``gap`` (the difference at the
+    budget's epochs), or '' when the budget asks for no such check."""
+    factor = int(ctx.plan.settings.get("longer_epochs_factor") or 0)
+    if factor < 2:
+        return ""
+    specs = [s for s in ctx.plan.runs if s.experiment == exp and s.arm in arms]
+    if not specs:
+        return ""
+    epochs = specs[0].config.epochs * factor
+    got = _retrain(ctx, f"longer-{exp}", exp, specs, factor)
     if got is None:
         return f" {exp} with {factor}x the epochs: not measured."
     errs = {a: [100 * (1 - r["test_acc"]) for r in got["runs"]

@@ -34,7 +34,7 @@ from biograd.experiments.paper_report import (
     num,
     verdict_of,
 )
-from biograd.papers.p1_longer import longer_check
+from biograd.papers.p1_longer import backprop_check, longer_check
 
 ALTERNATIVES_OF_INTEREST = ("lra_e", "dtp_sigma")  # roles (rules) of the arms
 #: claim 2's threshold: mean test error at most this many points above backprop's, same cell
@@ -198,11 +198,14 @@ def _pm(ctx: Context, exp: str, arm: str) -> str:
     return f"{mean:.2f} ± {std:.2f} %"
 
 
-def _untestable_text(skipped: dict[str, str]) -> str:
+def _untestable_text(ctx: Context, skipped: dict[str, str]) -> str:
+    """The cells a claim could not test and why, with, where backprop did not converge, what
+    backprop reached with more epochs (:func:`backprop_check`)."""
     if not skipped:
         return ""
     return (" Not testable at this budget: "
-            + "; ".join(f"{e} ({why})" for e, why in skipped.items()) + ".")
+            + "; ".join(f"{e} ({why})" for e, why in skipped.items()) + "."
+            + "".join(backprop_check(ctx, e) for e in skipped))
 
 
 def _split(ctx: Context, exps: list[str], arms: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -242,7 +245,7 @@ def _stable(ctx: Context, deep: list[str], shallow: list[str], ours: list[str],
     stat = ", ".join(f"{a} {e} {k}/{n}" for (e, a), (k, n) in counts.items())
     verdict = verdict_of(held, len(ok) * len(ours))
     evidence = (f"Judged on {len(ok)} of {len(deep)} deeper cells."
-                + _untestable_text(skipped)
+                + _untestable_text(ctx, skipped)
                 + _context_line(ctx, shallow, lambda cells: ", ".join(
                     f"{a} {e} {len(_unstable(ctx.runs(e, a)))}/{len(ctx.runs(e, a))} "
                     "unstable" for e in cells for a in ours)))
@@ -263,7 +266,7 @@ def _generalise(ctx: Context, deep: list[str], shallow: list[str], ours: list[st
     stat = "; ".join(f"{e}: {a} {_pm(ctx, e, a)} vs backprop {_pm(ctx, e, bp)} (gap {g:+.2f})"
                      for (e, a), g in gaps.items())
     evidence = (f"Judged on {len(ok)} of {len(deep)} deeper cells."
-                + _untestable_text(skipped)
+                + _untestable_text(ctx, skipped)
                 + _context_line(ctx, shallow, lambda cells: "; ".join(
                     f"{e}: " + ", ".join(f"{a} {_pm(ctx, e, a)}" for a in [*ours, bp])
                     for e in cells)))
@@ -290,7 +293,7 @@ def _lra_best(ctx: Context, exps: list[str], arms: list[str], best: dict[str, st
         per.append(f"{e}: LRA-E {_pm(ctx, e, lra)}, best other {rival} {_pm(ctx, e, rival)}, "
                    f"difference {diff:+.2f}{within}")
     evidence = (f"LRA-E lowest in {len(wins)} of {len(ok)} testable cells (of {len(exps)})."
-                + _untestable_text(skipped))
+                + _untestable_text(ctx, skipped))
     if verdict in (NOT_HELD, "partly held") and ok:
         evidence += " " + _why_not_best(ctx, [e for e in ok if e not in wins], lra)
     return Claim("LRA-E is the best of the backprop alternatives.", verdict, evidence,
