@@ -32,7 +32,7 @@ from biograd.experiments.paper_report import (
     plot_layer_angles,
     verdict_of,
 )
-from biograd.papers import p3_stale
+from biograd.papers import p3_exposure, p3_stale
 from biograd.runner.config import Config
 
 #: thresholds (degrees) for "aligned": P3's figure shows KP near 0 and WM within ~10-20 degrees
@@ -154,10 +154,11 @@ def report(ctx: Context) -> Section:
         lines.append(plot_layer_angles(ctx, e, [a for a in arms if a != ctx.arm(REFERENCE)],
                                        "angle_feedback/", f"feedback_angles_{e}.png",
                                        "B vs W^T angle (deg)"))
-    lines += ["", *cost_table(ctx, exps, arms), ""]
+    claim_exps = p3_exposure.claim_experiments(ctx)
+    lines += ["", *cost_table(ctx, claim_exps, arms), ""]
     stale, finding = p3_stale.section(ctx)
     lines += stale
-    claims = _claims(ctx, exps, finding)
+    claims = _claims(ctx, claim_exps, finding)
     key = "; ".join(
         f"{e}: KP {fmt(feedback_angle(ctx, e, ctx.arm('kolen_pollack')), '.0f', '°')}, WM "
         f"{fmt(feedback_angle(ctx, e, ctx.arm('weight_mirror')), '.0f', '°')}, FA "
@@ -165,7 +166,7 @@ def report(ctx: Context) -> Section:
         "acc BP/KP/WM/FA/SS "
         + "/".join(fmt(mean_std(accuracies(ctx.runs(e, ctx.arm(a))))[0]) for a in (
             REFERENCE, "kolen_pollack", "weight_mirror", "feedback_alignment", "sign_symmetry"))
-        for e in exps[:2] if accuracies(ctx.runs(e, ctx.arm(REFERENCE)))) or "no runs yet"
+        for e in claim_exps[:2] if accuracies(ctx.runs(e, ctx.arm(REFERENCE)))) or "no runs yet"
     return Section("\n".join(lines), claims, key)
 
 
@@ -181,13 +182,14 @@ def _not_testable(text: str, why: dict[str, str]) -> Claim:
 
 
 def _claims(ctx: Context, exps: list[str], finding: str | None = None) -> list[Claim]:
-    """The three claims; ``finding`` (the stale-feedback probe's, :mod:`p3_stale`) is added to
-    the accuracy claims' evidence where weight mirror diverged."""
+    """The three claims on the claim experiments ``exps`` (exposure checks left out);
+    ``finding`` (the stale-feedback probe's, :mod:`p3_stale`) is added to every testable
+    claim's evidence where weight mirror diverged (a diverged run has no final angle either)."""
     claims = [_alignment_claim(ctx, exps), _beat_claim(ctx, exps), _near_claim(ctx, exps)]
     wm = ctx.arm("weight_mirror")
     if finding and any(r.get("status") == "diverged" for e in exps for r in ctx.runs(e, wm)):
-        claims[1:] = [dataclasses.replace(c, evidence=f"{c.evidence} {finding}")
-                      if c.verdict != NOT_TESTABLE else c for c in claims[1:]]
+        claims = [dataclasses.replace(c, evidence=f"{c.evidence} {finding}")
+                  if c.verdict != NOT_TESTABLE else c for c in claims]
     return claims
 
 
@@ -215,6 +217,8 @@ def _alignment_claim(ctx: Context, exps: list[str]) -> Claim:
         f"{first_angle(ctx, e, kp):.1f}°, WM {first_angle(ctx, e, wm):.1f}°; exposure "
         f"{decay_exposure(ctx, e):.2f})" for e in testable)
     note = "".join(f" Not testable on {w}." for w in why.values())
+    note += "".join(f" {s}" for e in testable if not feedback_angle(ctx, e, kp) < KP_ALIGNED
+                    for s in [p3_exposure.sentence(ctx, e, KP_ALIGNED)] if s)
     return Claim(text, verdict_of(len(held), len(testable)),
                  f"Aligned in {len(held)}/{len(testable)} testable experiments." + note,
                  statistic="final feedback angle, mean over layers: " + stat,

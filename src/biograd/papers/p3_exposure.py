@@ -1,0 +1,95 @@
+"""Kolen-Pollack's alignment at P3's decay exposure, where a budget cannot give it to every arm
+(P3: Akrout et al. 2019, arXiv:1904.05391; the check is this library's, not P3's).
+
+Kolen-Pollack aligns ``B`` with ``W^T`` through its decay: ``W - B^T`` shrinks by
+``(1 - lr_t lambda)`` per step, so the final angle depends on the decay exposure
+``lambda sum_t lr_t`` (:func:`biograd.papers.p3_weight_transport.decay_exposure`). On an
+experiment where P3's exposure would hold backprop below its convergence level, the budget runs
+every arm at a lower exposure (the accuracy claims need a converged backprop) and names an
+*exposure-check experiment*: the same model, data and schedule with only the decay raised to
+P3's exposure, trained as ordinary stored runs. Its runs are not part of the accuracy claims;
+the alignment claim reads them as the evidence for Kolen-Pollack's angle at P3's exposure.
+
+Settings (``settings.exposure_check`` of the preset's budget): a mapping from a claim
+experiment to its exposure-check experiment, e.g. ``{mnist-lenet: mnist-lenet-decay}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from biograd.core.errors import ConfigError
+from biograd.experiments.paper_report import Context, accuracies, mean_std
+
+
+def _pm(values: list[float], spec: str, unit: str = "") -> str:
+    mean, std = mean_std(values)
+    return f"{mean:{spec}}{unit} ± {std:{spec}}{unit}"
+
+
+def checks(ctx: Context) -> dict[str, str]:
+    """``settings.exposure_check`` validated: claim experiment -> exposure-check experiment,
+    both in the plan, the check experiment not itself a claim experiment of another check."""
+    st = ctx.plan.settings.get("exposure_check") or {}
+    if not isinstance(st, dict):
+        raise ConfigError("settings.exposure_check must map a claim experiment to its "
+                          f"exposure-check experiment, e.g. {{mnist-lenet: mnist-lenet-decay}}; "
+                          f"got {st!r}")
+    exps = set(ctx.plan.experiments)
+    for claim_exp, check_exp in st.items():
+        for role, name in (("claim experiment", claim_exp), ("check experiment", check_exp)):
+            if name not in exps:
+                raise ConfigError(f"settings.exposure_check: {role} {name!r} is not one of this "
+                                  f"budget's experiments: {', '.join(ctx.plan.experiments)}")
+        if claim_exp == check_exp or check_exp in st:
+            raise ConfigError(f"settings.exposure_check: {check_exp!r} cannot be both a claim "
+                              "experiment and an exposure check")
+    return {str(k): str(v) for k, v in st.items()}
+
+
+def claim_experiments(ctx: Context) -> list[str]:
+    """The plan's experiments without the exposure-check ones (those the claims test)."""
+    skip = set(checks(ctx).values())
+    return [e for e in ctx.plan.experiments if e not in skip]
+
+
+def evidence(ctx: Context, exp: str) -> dict[str, Any] | None:
+    """What the exposure check of ``exp`` measured: ``{"experiment", "exposure", "lambda",
+    "angles" (final mean-over-layers angle per completed run), "first" (first logged angle),
+    "accuracies", "runs" (how many exist), "diverged"}``; None when ``exp`` has no check."""
+    from biograd.papers import p3_weight_transport as p3  # p3 imports this module
+
+    check = checks(ctx).get(exp)
+    if check is None:
+        return None
+    kp = ctx.arm("kolen_pollack")
+    runs = ctx.runs(check, kp)
+    cfg = p3.kp_config(ctx, check)
+    return {"experiment": check, "exposure": p3.decay_exposure(ctx, check),
+            "lambda": p3.kp_weight_decay(cfg) if cfg is not None else float("nan"),
+            "angles": p3.run_angles(ctx, check, kp), "first": p3.first_angle(ctx, check, kp),
+            "accuracies": accuracies(runs),
+            "runs": len(runs), "diverged": sum(r.get("status") == "diverged" for r in runs)}
+
+
+def sentence(ctx: Context, exp: str, threshold: float) -> str | None:
+    """One sentence for the alignment claim: Kolen-Pollack's final angle on ``exp``'s exposure
+    check against ``threshold`` (degrees), or None when ``exp`` has no check or no run of it
+    finished yet."""
+    ev = evidence(ctx, exp)
+    if ev is None:
+        return None
+    if not ev["angles"]:
+        return (f"The exposure check of {exp} ({ev['experiment']}) has no finished run yet "
+                f"({ev['runs']} stored, {ev['diverged']} diverged).")
+    mean = sum(ev["angles"]) / len(ev["angles"])
+    first = f"first logged {ev['first']:.1f}°" if ev["first"] == ev["first"] else "no angle log"
+    acc = f", test accuracy {_pm(ev['accuracies'], '.2f')} %" if ev["accuracies"] else ""
+    text = (f"At P3's decay exposure on {exp} (experiment {ev['experiment']}: the same runs "
+            f"with λ {ev['lambda']:g}, exposure {ev['exposure']:.2f}), Kolen-Pollack's final "
+            f"feedback angle is {_pm(ev['angles'], '.2g', '°')} over {len(ev['angles'])} "
+            f"seeds ({first}{acc})")
+    if mean < threshold:
+        return (f"{text}, below the {threshold:g}° threshold: Kolen-Pollack's angle on {exp} "
+                "is set by the exposure its budget allows, not by the rule.")
+    return f"{text}, not below the {threshold:g}° threshold even there."
