@@ -13,7 +13,7 @@ import pytest
 from biograd.core.errors import ConfigError
 from biograd.experiments.paper_report import HELD, NOT_HELD, PARTLY, Context
 from biograd.experiments.reproduce import plan
-from biograd.papers import load_preset, p3_exposure
+from biograd.papers import load_preset, p3_decay, p3_exposure
 from biograd.papers import p3_weight_transport as p3
 
 STEPS = math.ceil(60000 / 64)
@@ -63,9 +63,9 @@ def test_check_is_the_lenet_kp_run_with_p3s_exposure(tmp_path: Path) -> None:
         same = dataclasses.replace(s.config, weight_decay=claim[s.seed].weight_decay,
                                    out_dir=claim[s.seed].out_dir)
         assert same == claim[s.seed]
-    lam, rates = p3.kp_weight_decay(check[0].config), p3.lr_sum(check[0].config, STEPS)
+    lam, rates = p3_decay.kp_weight_decay(check[0].config), p3_decay.lr_sum(check[0].config, STEPS)
     assert p3.P3_EXPOSURE[0] <= lam * rates <= p3.P3_EXPOSURE[1]
-    assert p3.kp_weight_decay(claim[0]) * rates < p3.P3_EXPOSURE[0]  # the budget's LeNet
+    assert p3_decay.kp_weight_decay(claim[0]) * rates < p3.P3_EXPOSURE[0]  # the budget's LeNet
     # the check experiment exists only at the standard budget
     assert "mnist-lenet-decay" not in plan(load_preset("p3-weight-transport"), "quick",
                                            runs_dir=tmp_path).experiments

@@ -15,7 +15,7 @@ import torch
 
 from biograd.experiments.paper_report import HELD, NOT_HELD, NOT_TESTABLE, Context
 from biograd.experiments.reproduce import plan
-from biograd.papers import load_preset, p3_exposure
+from biograd.papers import load_preset, p3_decay, p3_exposure
 from biograd.papers import p3_weight_transport as p3
 from biograd.papers import p4_activation_relaxation as p4
 from biograd.runner.config import Config
@@ -35,7 +35,7 @@ def test_lr_sum_is_torchs_schedule_summed_over_steps(epochs: int, scheduler: str
         opt.step()
         if scheduler == "cosine":
             sched.step()
-    assert p3.lr_sum(cfg, 13) == pytest.approx(total, rel=1e-12)
+    assert p3_decay.lr_sum(cfg, 13) == pytest.approx(total, rel=1e-12)
 
 
 def _ctx(paper: str, budget: str, results: dict, tmp_path: Path, **kw) -> Context:
@@ -70,7 +70,7 @@ def test_standard_budget_matches_p3s_decay_exposure(tmp_path: Path) -> None:
         kp = next(s.config for s in p.runs if s.experiment == exp and s.arm == "kolen_pollack")
         bp = next(s.config for s in p.runs if s.experiment == exp and s.arm == "backprop")
         assert bp.weight_decay == kp.weight_decay > 0  # the same decay for every arm
-        exposures[exp] = p3.kp_weight_decay(kp) * p3.lr_sum(kp, MNIST_STEPS)
+        exposures[exp] = p3_decay.kp_weight_decay(kp) * p3_decay.lr_sum(kp, MNIST_STEPS)
     # the MLP matches P3's decay exposure; LeNet, whose stable lr (0.01) would need a decay
     # that keeps backprop below 99 % for it, keeps the MLP's decay: a tenth of the exposure,
     # which the budget's reason states (and the report's exposure table shows)

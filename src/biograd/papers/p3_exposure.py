@@ -3,7 +3,7 @@
 
 Kolen-Pollack aligns ``B`` with ``W^T`` through its decay: ``W - B^T`` shrinks by
 ``(1 - lr_t lambda)`` per step, so the final angle depends on the decay exposure
-``lambda sum_t lr_t`` (:func:`biograd.papers.p3_weight_transport.decay_exposure`). On an
+``lambda sum_t lr_t`` (:func:`biograd.papers.p3_decay.decay_exposure`). On an
 experiment where P3's exposure would hold backprop below its convergence level, the budget runs
 every arm at a lower exposure (the accuracy claims need a converged backprop) and names an
 *exposure-check experiment*: the same model, data and schedule with only the decay raised to
@@ -20,6 +20,13 @@ from typing import Any
 
 from biograd.core.errors import ConfigError
 from biograd.experiments.paper_report import Context, accuracies, mean_std
+from biograd.papers.p3_decay import (
+    decay_exposure,
+    first_angle,
+    kp_config,
+    kp_weight_decay,
+    run_angles,
+)
 
 
 def _pm(values: list[float], spec: str, unit: str = "") -> str:
@@ -57,17 +64,15 @@ def evidence(ctx: Context, exp: str) -> dict[str, Any] | None:
     """What the exposure check of ``exp`` measured: ``{"experiment", "exposure", "lambda",
     "angles" (final mean-over-layers angle per completed run), "first" (first logged angle),
     "accuracies", "runs" (how many exist), "diverged"}``; None when ``exp`` has no check."""
-    from biograd.papers import p3_weight_transport as p3  # p3 imports this module
-
     check = checks(ctx).get(exp)
     if check is None:
         return None
     kp = ctx.arm("kolen_pollack")
     runs = ctx.runs(check, kp)
-    cfg = p3.kp_config(ctx, check)
-    return {"experiment": check, "exposure": p3.decay_exposure(ctx, check),
-            "lambda": p3.kp_weight_decay(cfg) if cfg is not None else float("nan"),
-            "angles": p3.run_angles(ctx, check, kp), "first": p3.first_angle(ctx, check, kp),
+    cfg = kp_config(ctx, check)
+    return {"experiment": check, "exposure": decay_exposure(ctx, check),
+            "lambda": kp_weight_decay(cfg) if cfg is not None else float("nan"),
+            "angles": run_angles(ctx, check, kp), "first": first_angle(ctx, check, kp),
             "accuracies": accuracies(runs),
             "runs": len(runs), "diverged": sum(r.get("status") == "diverged" for r in runs)}
 
