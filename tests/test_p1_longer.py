@@ -11,7 +11,7 @@ from pathlib import Path
 from biograd.experiments.paper_report import Context, mean_std
 from biograd.experiments.reproduce import plan
 from biograd.papers import load_preset
-from biograd.papers.p1_longer import backprop_check, longer_check
+from biograd.papers.p1_longer import backprop_check, gap_check, longer_check
 
 TINY = ["dataset=synthetic", "dataset_args.n=48", "dataset_args.input_shape=[1,28,28]",
         "dataset_args.num_classes=10", "train_subset=32", "test_subset=16", "epochs=1",
@@ -98,3 +98,24 @@ def test_backprop_check_needs_the_setting_and_finished_runs(tmp_path: Path) -> N
     text = backprop_check(Context(p, _bp_results(0.5), tmp_path, 0.0, [],
                                   measure_missing=False), "fmnist-d8")
     assert text == " fmnist-d8: backprop with 2x the epochs not measured."
+
+
+def test_a_generalisation_gap_is_retrained_with_backprop_beside_it(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    text = gap_check(ctx, "mnist-d8", "dtp_sigma", gap=3.0, limit=2.0)
+    stored = json.loads((ctx.measurements_dir / "longer-gap-mnist-d8-dtp_sigma.json")
+                        .read_text())["result"]
+    assert stored["epochs"] == 2
+    assert sorted((r["arm"], r["seed"]) for r in stored["runs"]) == sorted(
+        (a, s) for a in ("backprop", "dtp_sigma") for s in (0, 1, 2))
+    errs = {a: [100 * (1 - r["test_acc"]) for r in stored["runs"] if r["arm"] == a]
+            for a in ("backprop", "dtp_sigma")}
+    gap = mean_std(errs["dtp_sigma"])[0] - mean_std(errs["backprop"])[0]
+    assert f"gap {gap:+.2f} (+3.00 at 1 epochs)" in text
+    assert ", ".join(f"{e:.2f}" for e in errs["dtp_sigma"]) in text
+    assert ("not the budget alone" in text) == (gap > 2.0)
+    assert gap_check(_ctx(tmp_path, measure=False), "mnist-d8", "dtp_sigma", 3.0, 2.0) == text
+    assert gap_check(_ctx(tmp_path, "settings.longer_epochs_factor=0"), "mnist-d8",
+                     "dtp_sigma", 3.0, 2.0) == ""
+    assert gap_check(_ctx(tmp_path / "other", measure=False), "mnist-d8", "dtp_sigma", 3.0,
+                     2.0) == " mnist-d8 dtp_sigma with 2x the epochs: not measured."

@@ -114,3 +114,33 @@ def longer_check(ctx: Context, exp: str, arms: tuple[str, str], gap: float) -> s
             f"{sorted({s.seed for s in specs})}, retrained for this check): {exp}: LRA-E "
             f"{lm:.2f} ± {ls:.2f} % vs {arms[1]} {wm:.2f} ± {ws:.2f} % (difference "
             f"{lm - wm:+.2f}{closed}): {verdict}.")
+
+
+def gap_check(ctx: Context, exp: str, arm: str, gap: float, limit: float) -> str:
+    """One sentence on ``exp``, where ``arm``'s mean test error is ``gap`` points above
+    backprop's, more than ``limit``: ``arm`` and backprop retrained with
+    ``longer_epochs_factor`` times the epochs (``_measurements/longer-gap-EXPERIMENT-ARM.json``)
+    and the gap there against ``limit`` and against the per-seed errors, so that a seed still
+    learning when the schedule ends (the budget) is told from a gap that stays; '' when the
+    budget asks for no such check."""
+    factor = int(ctx.plan.settings.get("longer_epochs_factor") or 0)
+    bp = ctx.arm(REFERENCE)
+    specs = [s for s in ctx.plan.runs if s.experiment == exp and s.arm in (arm, bp)]
+    if factor < 2 or not specs:
+        return ""
+    got = _retrain(ctx, f"longer-gap-{exp}-{arm}", exp, specs, factor)
+    if got is None:
+        return f" {exp} {arm} with {factor}x the epochs: not measured."
+    errs = {a: [100 * (1 - r["test_acc"]) for r in got["runs"]
+                if r["arm"] == a and r.get("status") == "completed"] for a in (arm, bp)}
+    if len(errs[arm]) + len(errs[bp]) < len(specs):
+        return f" {exp} {arm} with {got['epochs']} epochs: a run did not complete."
+    (am, asd), (bm, _) = mean_std(errs[arm]), mean_std(errs[bp])
+    seeds = ", ".join(f"{e:.2f}" for e in errs[arm])
+    verdict = (f"within {limit:g} points: the budget's epochs, not the rule, made the gap"
+               if am - bm <= limit else
+               f"still more than {limit:g} points: not the budget alone")
+    return (f" With {factor}x the epochs ({got['epochs']}, the same schedule stretched, "
+            f"retrained for this check): {exp}: {arm} {am:.2f} ± {asd:.2f} % (seeds {seeds}) vs "
+            f"backprop {bm:.2f} %, gap {am - bm:+.2f} ({gap:+.2f} at "
+            f"{specs[0].config.epochs} epochs): {verdict}.")

@@ -34,7 +34,7 @@ from biograd.experiments.paper_report import (
     num,
     verdict_of,
 )
-from biograd.papers.p1_longer import backprop_check, longer_check
+from biograd.papers.p1_longer import backprop_check, gap_check, longer_check
 
 ALTERNATIVES_OF_INTEREST = ("lra_e", "dtp_sigma")  # roles (rules) of the arms
 #: claim 2's threshold: mean test error at most this many points above backprop's, same cell
@@ -266,6 +266,8 @@ def _generalise(ctx: Context, deep: list[str], shallow: list[str], ours: list[st
     stat = "; ".join(f"{e}: {a} {_pm(ctx, e, a)} vs backprop {_pm(ctx, e, bp)} (gap {g:+.2f})"
                      for (e, a), g in gaps.items())
     evidence = (f"Judged on {len(ok)} of {len(deep)} deeper cells."
+                + "".join(gap_check(ctx, e, a, g, GAP_POINTS) for (e, a), g in gaps.items()
+                          if g > GAP_POINTS)
                 + _untestable_text(ctx, skipped)
                 + _context_line(ctx, shallow, lambda cells: "; ".join(
                     f"{e}: " + ", ".join(f"{a} {_pm(ctx, e, a)}" for a in [*ours, bp])
