@@ -152,5 +152,8 @@ def test_standard_budget_plans_three_seeds_on_full_mnist(budget: str, seeds: int
         runs = {(r.experiment, r.arm): r.config for r in p.runs}
         assert runs["mnist-lenet", "ldrl"].rule_args == {"feedback_steps": [5, 20, 20]}
         assert runs["mnist-lenet", "ldrl"].lr == 0.005
-        assert runs["mnist-lenet", "p_ddtp"].lr == 0.002
+        for arm in ("s_ddtp", "p_ddtp"):  # the DDTP authors' optimizer on the LeNet only
+            lenet, mlp = runs["mnist-lenet", arm], runs["mnist-mlp", arm]
+            assert (lenet.optimizer, lenet.lr, lenet.momentum) == ("adam", 3e-4, 0.0)
+            assert (mlp.optimizer, mlp.momentum) == ("sgd", 0.9)
         assert p.preset["budgets"]["standard"]["reason"]
