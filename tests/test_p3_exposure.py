@@ -27,11 +27,13 @@ def _plan(tmp_path: Path, **settings):
     return dataclasses.replace(p, settings={**p.settings, **settings}) if settings else p
 
 
-def _results(p, lenet_kp: float, check_kp: float | None, check_seeds: int = 3) -> dict:
+def _results(p, lenet_kp: float, check_kp: float | None, check_seeds: int = 3,
+             check_steps: int = STEPS) -> dict:
     """Every run of ``p`` completed: angles 8 deg (WM) / 2 deg (KP) except LeNet's KP
     (``lenet_kp``) and the exposure check's KP (``check_kp``; None: its runs are absent)."""
     out: dict = {}
     for spec in p.runs:
+        steps = check_steps if spec.experiment == "mnist-lenet-decay" else STEPS
         angle = {"weight_mirror": 8.0, "kolen_pollack": 2.0}.get(spec.arm, 50.0)
         if spec.experiment == "mnist-lenet" and spec.arm == "kolen_pollack":
             angle = lenet_kp
@@ -41,7 +43,7 @@ def _results(p, lenet_kp: float, check_kp: float | None, check_seeds: int = 3) -
             angle = check_kp
         out.setdefault((spec.experiment, spec.arm), []).append(
             {"status": "completed", "test_acc": (ACCS[spec.arm] + 0.01 * spec.seed) / 100,
-             "angle_feedback": angle, "steps_per_epoch": STEPS})
+             "angle_feedback": angle, "steps_per_epoch": steps})
     return out
 
 
@@ -112,3 +114,10 @@ def test_bad_settings_are_named(tmp_path: Path, setting, message: str) -> None:
     ctx = Context(_plan(tmp_path, exposure_check=setting), {}, tmp_path, 0.0, [])
     with pytest.raises(ConfigError, match=message):
         p3_exposure.checks(ctx)
+
+
+def test_a_check_outside_p3s_exposure_is_named_not_used(tmp_path: Path) -> None:
+    # a tenth of the steps per epoch (93): exposure 0.22, outside P3's 1.7-4.5
+    align = _claims(tmp_path, lenet_kp=20.0, check_kp=1e-6, check_steps=STEPS // 10)[ALIGN]
+    assert "runs at exposure 0.22, outside P3's 1.7-4.5" in align.evidence
+    assert "below the 15° threshold" not in align.evidence

@@ -8,7 +8,10 @@ and the rules' code, so the report is rebuilt without retraining:
   (``_measurements/longer-EXPERIMENT.json``);
 - :func:`backprop_check`: a cell that is not testable because backprop stayed below its
   reference accuracy, backprop retrained (``_measurements/longer-backprop-EXPERIMENT.json``),
-  to tell an under-trained backprop (the budget) from a net that does not reach the level.
+  to tell an under-trained backprop (the budget) from a net that does not reach the level;
+- :func:`gap_check`: a deeper cell where LRA-E's or DTP-sigma's error is more than the
+  generalisation claim's threshold above backprop's, that rule and backprop retrained
+  (``_measurements/longer-gap-EXPERIMENT-ARM.json``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from typing import Any
 from biograd.core.errors import ConfigError
 from biograd.experiments.paper_report import Context, accuracies, mean_std
 from biograd.papers.p3_decay import (
+    P3_EXPOSURE,
     decay_exposure,
     first_angle,
     kp_config,
@@ -79,8 +80,8 @@ def evidence(ctx: Context, exp: str) -> dict[str, Any] | None:
 
 def sentence(ctx: Context, exp: str, threshold: float) -> str | None:
     """One sentence for the alignment claim: Kolen-Pollack's final angle on ``exp``'s exposure
-    check against ``threshold`` (degrees), or None when ``exp`` has no check or no run of it
-    finished yet."""
+    check against ``threshold`` (degrees), or that no run of the check finished yet; None when
+    ``exp`` has no check. A check whose exposure is outside P3's range says so."""
     ev = evidence(ctx, exp)
     if ev is None:
         return None
@@ -90,6 +91,11 @@ def sentence(ctx: Context, exp: str, threshold: float) -> str | None:
     mean = sum(ev["angles"]) / len(ev["angles"])
     first = f"first logged {ev['first']:.1f}°" if ev["first"] == ev["first"] else "no angle log"
     acc = f", test accuracy {_pm(ev['accuracies'], '.2f')} %" if ev["accuracies"] else ""
+    lo, hi = P3_EXPOSURE
+    if not lo <= ev["exposure"] <= hi:
+        return (f"The exposure check of {exp} ({ev['experiment']}) runs at exposure "
+                f"{ev['exposure']:.2f}, outside P3's {lo:g}-{hi:g}: it cannot stand for P3's "
+                "exposure; set its weight decay so that λ Σ_t lr_t falls in that range.")
     text = (f"At P3's decay exposure on {exp} (experiment {ev['experiment']}: the same runs "
             f"with λ {ev['lambda']:g}, exposure {ev['exposure']:.2f}), Kolen-Pollack's final "
             f"feedback angle is {_pm(ev['angles'], '.2g', '°')} over {len(ev['angles'])} "

@@ -31,6 +31,7 @@ from biograd.experiments.paper_report import (
 )
 from biograd.papers import p3_exposure, p3_stale
 from biograd.papers.p3_decay import (
+    P3_EXPOSURE,
     decay_exposure,
     first_angle,
     kp_config,
@@ -42,11 +43,6 @@ from biograd.papers.p3_decay import (
 KP_ALIGNED, WM_ALIGNED = 15.0, 30.0
 #: "nearly match backprop": at most this many accuracy points below backprop
 NEAR_POINTS = 1.0
-#: P3's decay exposure wd * sum_t lr_t on ImageNet (lr 0.1, wd 1e-4, about 450k steps = 90
-#: epochs of 5005 steps): 4.5 with the rate held at 0.1 (docs/algorithms/backward.md), 2.25
-#: under a cosine schedule, about 1.7 under a step schedule (/10 at 1/3 and 2/3 of training).
-#: P3's exact schedule is not stated in what we hold, so the range is kept.
-P3_EXPOSURE = (1.7, 4.5)
 #: a run's exposure counts as "far below P3's" under this fraction of P3's lowest reading
 FAR_BELOW = 0.1
 
