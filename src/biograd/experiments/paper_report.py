@@ -325,6 +325,12 @@ def cell(values: list[float], spec: str = ".2f") -> str:
     return f"{mean:{spec}} ± {std:{spec}}" if len(values) > 1 else f"{mean:{spec}}"
 
 
+def pm(values: list[float], spec: str = ".2f", unit: str = "") -> str:
+    """``mean ± std`` of ``values`` (each with ``unit``), or '-' when there are none."""
+    mean, std = mean_std(values)
+    return f"{mean:{spec}}{unit} ± {std:{spec}}{unit}" if values else "-"
+
+
 def fmt(value: float, spec: str = ".1f", unit: str = "") -> str:
     """``value`` formatted with ``unit``, or '-' when it is NaN (nothing measured)."""
     return f"{value:{spec}}{unit}" if value == value else "-"

@@ -47,6 +47,13 @@ def _retrain(ctx: Context, name: str, exp: str, specs: list, factor: int
     return ctx.measure(name, compute, key=key, rules=sorted({s.config.rule for s in specs}))
 
 
+def _errors(got: dict[str, Any], arms: tuple[str, ...]) -> dict[str, list[float]]:
+    """Test error % of each completed retrained run of a :func:`_retrain` measurement, per
+    arm of ``arms``."""
+    return {a: [100 * (1 - r["test_acc"]) for r in got["runs"]
+                if r["arm"] == a and r.get("status") == "completed"] for a in arms}
+
+
 def backprop_check(ctx: Context, exp: str) -> str:
     """One sentence on ``exp``, a cell not testable because backprop's mean accuracy is below
     the experiment's reference: backprop retrained with ``longer_epochs_factor`` times the
@@ -60,8 +67,8 @@ def backprop_check(ctx: Context, exp: str) -> str:
     specs = [s for s in ctx.plan.runs if s.experiment == exp and s.arm == bp]
     if factor < 2 or target is None or not specs or len(completed(runs)) < len(specs):
         return ""
-    accs = [100 * r["test_acc"] for r in completed(runs)]
-    if mean_std(accs)[0] >= target:
+    now = mean_std([100 * r["test_acc"] for r in completed(runs)])[0]
+    if now >= target:
         return ""
     epochs = specs[0].config.epochs
     got = _retrain(ctx, f"longer-backprop-{exp}", exp, specs, factor)
@@ -83,7 +90,7 @@ def backprop_check(ctx: Context, exp: str) -> str:
                   "taken from a longer backprop run)" if lm < before else
                   "its training loss no lower: the net does not reach the reference level "
                   "under this protocol"))
-    gain = am - mean_std(accs)[0]
+    gain = am - now
     return (f" {exp}: backprop retrained with {factor}x the epochs ({got['epochs']}, the same "
             f"schedule stretched, seeds {sorted(r['seed'] for r in done)}) reached "
             f"{am:.2f} ± {asd:.2f} % ({gain:+.2f} points over its {epochs}-epoch runs; "
@@ -104,8 +111,7 @@ def longer_check(ctx: Context, exp: str, arms: tuple[str, str], gap: float) -> s
     got = _retrain(ctx, f"longer-{exp}", exp, specs, factor)
     if got is None:
         return f" {exp} with {factor}x the epochs: not measured."
-    errs = {a: [100 * (1 - r["test_acc"]) for r in got["runs"]
-                if r["arm"] == a and r.get("status") == "completed"] for a in arms}
+    errs = _errors(got, arms)
     if not all(errs.values()):
         return f" {exp} with {epochs} epochs: a run did not complete ({got['runs']})."
     (lm, ls), (wm, ws) = mean_std(errs[arms[0]]), mean_std(errs[arms[1]])
@@ -134,8 +140,7 @@ def gap_check(ctx: Context, exp: str, arm: str, gap: float, limit: float) -> str
     got = _retrain(ctx, f"longer-gap-{exp}-{arm}", exp, specs, factor)
     if got is None:
         return f" {exp} {arm} with {factor}x the epochs: not measured."
-    errs = {a: [100 * (1 - r["test_acc"]) for r in got["runs"]
-                if r["arm"] == a and r.get("status") == "completed"] for a in (arm, bp)}
+    errs = _errors(got, (arm, bp))
     if len(errs[arm]) + len(errs[bp]) < len(specs):
         return f" {exp} {arm} with {got['epochs']} epochs: a run did not complete."
     (am, asd), (bm, _) = mean_std(errs[arm]), mean_std(errs[bp])

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from biograd.core.errors import ConfigError
-from biograd.experiments.paper_report import Context, accuracies, mean_std
+from biograd.experiments.paper_report import Context, accuracies, mean_std, pm
 from biograd.papers.p3_decay import (
     P3_EXPOSURE,
     decay_exposure,
@@ -28,11 +28,6 @@ from biograd.papers.p3_decay import (
     kp_weight_decay,
     run_angles,
 )
-
-
-def _pm(values: list[float], spec: str, unit: str = "") -> str:
-    mean, std = mean_std(values)
-    return f"{mean:{spec}}{unit} ± {std:{spec}}{unit}"
 
 
 def checks(ctx: Context) -> dict[str, str]:
@@ -88,9 +83,9 @@ def sentence(ctx: Context, exp: str, threshold: float) -> str | None:
     if not ev["angles"]:
         return (f"The exposure check of {exp} ({ev['experiment']}) has no finished run yet "
                 f"({ev['runs']} stored, {ev['diverged']} diverged).")
-    mean = sum(ev["angles"]) / len(ev["angles"])
+    mean = mean_std(ev["angles"])[0]
     first = f"first logged {ev['first']:.1f}°" if ev["first"] == ev["first"] else "no angle log"
-    acc = f", test accuracy {_pm(ev['accuracies'], '.2f')} %" if ev["accuracies"] else ""
+    acc = f", test accuracy {pm(ev['accuracies'])} %" if ev["accuracies"] else ""
     lo, hi = P3_EXPOSURE
     if not lo <= ev["exposure"] <= hi:
         return (f"The exposure check of {exp} ({ev['experiment']}) runs at exposure "
@@ -98,7 +93,7 @@ def sentence(ctx: Context, exp: str, threshold: float) -> str | None:
                 "exposure; set its weight decay so that λ Σ_t lr_t falls in that range.")
     text = (f"At P3's decay exposure on {exp} (experiment {ev['experiment']}: the same runs "
             f"with λ {ev['lambda']:g}, exposure {ev['exposure']:.2f}), Kolen-Pollack's final "
-            f"feedback angle is {_pm(ev['angles'], '.2g', '°')} over {len(ev['angles'])} "
+            f"feedback angle is {pm(ev['angles'], '.2g', '°')} over {len(ev['angles'])} "
             f"seeds ({first}{acc})")
     if mean < threshold:
         return (f"{text}, below the {threshold:g}° threshold: Kolen-Pollack's angle on {exp} "

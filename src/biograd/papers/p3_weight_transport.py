@@ -27,6 +27,7 @@ from biograd.experiments.paper_report import (
     fmt,
     mean_std,
     plot_layer_angles,
+    pm,
     verdict_of,
 )
 from biograd.papers import p3_exposure, p3_stale
@@ -54,11 +55,6 @@ def min_seeds(ctx: Context) -> int:
 
 def feedback_angle(ctx: Context, exp: str, arm: str) -> float:
     return mean_std(run_angles(ctx, exp, arm))[0]
-
-
-def _pm(values: list[float], spec: str = ".2f", unit: str = "") -> str:
-    mean, std = mean_std(values)
-    return f"{mean:{spec}}{unit} ± {std:{spec}}{unit}" if values else "-"
 
 
 def report(ctx: Context) -> Section:
@@ -159,15 +155,16 @@ def _alignment_claim(ctx: Context, exps: list[str]) -> Claim:
     testable = [e for e in exps if e not in why]
     if not testable:
         return _not_testable(text, why)
-    held = [e for e in testable if feedback_angle(ctx, e, kp) < KP_ALIGNED
+    kp_angle = {e: feedback_angle(ctx, e, kp) for e in testable}
+    held = [e for e in testable if kp_angle[e] < KP_ALIGNED
             and feedback_angle(ctx, e, wm) < WM_ALIGNED]
     stat = "; ".join(
-        f"{e}: KP {_pm(run_angles(ctx, e, kp), '.1f', '°')}, WM "
-        f"{_pm(run_angles(ctx, e, wm), '.1f', '°')} (first logged KP "
+        f"{e}: KP {pm(run_angles(ctx, e, kp), '.1f', '°')}, WM "
+        f"{pm(run_angles(ctx, e, wm), '.1f', '°')} (first logged KP "
         f"{first_angle(ctx, e, kp):.1f}°, WM {first_angle(ctx, e, wm):.1f}°; exposure "
         f"{decay_exposure(ctx, e):.2f})" for e in testable)
     note = "".join(f" Not testable on {w}." for w in why.values())
-    note += "".join(f" {s}" for e in testable if not feedback_angle(ctx, e, kp) < KP_ALIGNED
+    note += "".join(f" {s}" for e in testable if not kp_angle[e] < KP_ALIGNED
                     for s in [p3_exposure.sentence(ctx, e, KP_ALIGNED)] if s)
     return Claim(text, verdict_of(len(held), len(testable)),
                  f"Aligned in {len(held)}/{len(testable)} testable experiments." + note,
@@ -184,7 +181,7 @@ def _acc_text(ctx: Context, e: str, role: str) -> str:
     """Mean ± std of an arm's test accuracy, or how many of its seeds diverged."""
     accs = _accs(ctx, e, role)
     if accs:
-        return _pm(accs)
+        return pm(accs)
     runs = ctx.runs(e, ctx.arm(role))
     bad = sum(r.get("status") == "diverged" for r in runs)
     return f"diverged in {bad} of {len(runs)} seeds" if bad else "-"
@@ -233,7 +230,7 @@ def _near_claim(ctx: Context, exps: list[str]) -> Claim:
             for e in testable for r in ours}
     held = [e for e in testable if all(gaps[e, r] <= NEAR_POINTS for r in ours)]
     stat = "; ".join(
-        f"{e}: BP {_pm(_accs(ctx, e, REFERENCE))}, " + ", ".join(
+        f"{e}: BP {pm(_accs(ctx, e, REFERENCE))}, " + ", ".join(
             f"{ctx.arm(r)} {_acc_text(ctx, e, r)} (gap {_gap(gaps[e, r])})" for r in ours)
         for e in testable)
     note = "".join(f" Not testable on {w}." for w in why.values())

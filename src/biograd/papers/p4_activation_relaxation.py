@@ -27,6 +27,7 @@ from biograd.experiments.paper_report import (
     learning_curves,
     lost,
     mean_std,
+    pm,
     verdict_of,
 )
 from biograd.rules import activation_relaxation as ar_module
@@ -215,11 +216,6 @@ def _final_errors(errors: dict | None, arm: str | None) -> list[float]:
     return [max(layer[-1] for layer in errs) for errs in errors[arm]]
 
 
-def _pm(values: list[float], spec: str = ".2f") -> str:
-    mean, std = mean_std(values)
-    return f"{mean:{spec}} ± {std:{spec}}" if values else "-"
-
-
 def _claims(ctx: Context, exps: list[str], arms: list[str],
             errors: dict | None) -> list[Claim]:
     std = standard_ar(ctx, arms)
@@ -236,7 +232,7 @@ def _claims(ctx: Context, exps: list[str], arms: list[str],
             at_p4 = ""
             if steps > P4_STEPS:
                 mid = [max(layer[P4_STEPS] for layer in errs) for errs in errors[std]]
-                at_p4 = (f" After P4's {P4_STEPS} steps it is still {_pm(mid, '.1e')}: the "
+                at_p4 = (f" After P4's {P4_STEPS} steps it is still {pm(mid, '.1e')}: the "
                          "error of layer l decays as a polynomial in t (degree: the layers "
                          "above it) times (1 - step size)^t, so the lowest layer settles last; "
                          f"the claim is about the fixed point, tested after {steps} steps.")
@@ -244,7 +240,7 @@ def _claims(ctx: Context, exps: list[str], arms: list[str],
             out.append(Claim(
                 text, verdict_of(int(m < CONVERGED), 1),
                 f"Largest relative error over the hidden layers at the feed-forward start: "
-                f"{_pm(start)}; the error contracts geometrically with the Euler step, as the "
+                f"{pm(start)}; the error contracts geometrically with the Euler step, as the "
                 "linear dynamics predict; lower layers start later, so they lag by a few steps "
                 "per layer." + at_p4,
                 statistic=f"largest relative error over hidden layers after the last step "
@@ -283,8 +279,8 @@ def _accuracy_claim(ctx: Context, exps: list[str], arms: list[str], points: floa
     lost_runs = {(e, a): sum(lost(s) for s in ctx.runs(e, a))
             for e in testable for a in arms}
     kept = sum(g <= points and not lost_runs[k] for k, g in gaps.items())
-    stat = "; ".join(f"{e}: BP {_pm(accuracies(ctx.runs(e, bp)))}, " + ", ".join(
-        f"{a} {_pm(accuracies(ctx.runs(e, a)))} (BP - {a} {gaps[e, a]:+.2f})" for a in arms)
+    stat = "; ".join(f"{e}: BP {pm(accuracies(ctx.runs(e, bp)))}, " + ", ".join(
+        f"{a} {pm(accuracies(ctx.runs(e, a)))} (BP - {a} {gaps[e, a]:+.2f})" for a in arms)
         for e in testable)
     note = "".join(f" Not testable on {w}." for w in why.values() if w)
     note += "".join(f" {e} {a}: {n} of {len(ctx.runs(e, a))} seeds diverged (mean over the "
