@@ -238,7 +238,10 @@ def test_train_minutes_zero_trains_nothing(tmp_path: Path, no_training, capsys) 
 def test_only_trains_the_chosen_runs_and_reports_all(store_copy: Path, monkeypatch,
                                                      capsys) -> None:
     """``--only`` trains what its patterns choose; finished runs are reused as always, the
-    others are missing (and a stale one is left where it is, not moved to .stale/)."""
+    others are missing (and a stale one is left where it is, not moved to .stale/); it takes
+    no measurement (a missing one stays missing for the plain command to take)."""
+    cost = _root(store_copy) / "_measurements" / "cost-mnist-mlp.json"
+    cost.unlink()
     for arm in ("weight_mirror", "kolen_pollack"):
         shutil.rmtree(_root(store_copy) / "mnist-mlp" / f"{arm}-s0")
     fa = _root(store_copy) / "mnist-mlp/feedback_alignment-s0/config.yaml"
@@ -254,6 +257,7 @@ def test_only_trains_the_chosen_runs_and_reports_all(store_copy: Path, monkeypat
     assert "feedback_alignment-s0 (config changed: lr): not used (not chosen by --only)" in err
     assert not (_root(store_copy) / ".stale").exists()
     assert (_root(store_copy) / "mnist-mlp/kolen_pollack-s0/fingerprint.json").is_file()
+    assert not cost.exists()
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -315,6 +319,33 @@ def test_measurements_are_reused_and_invalidated_by_key_and_code(tmp_path: Path,
     monkeypatch.setattr(store, "code_files", lambda r: {**real(r), "biograd.x": "0"}
                         if r == "kolen_pollack" else real(r))
     assert _ctx(tmp_path).measure("n", compute, rules=["backprop"]) == {"value": 4}
+
+
+def test_a_measurement_asked_twice_is_read_once(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Several claims read one measurement: within one report the file is read once and a
+    stale one is announced once; a different key in the same context is still asked anew."""
+    calls: list[int] = []
+
+    def compute() -> dict:
+        calls.append(1)
+        return {"value": len(calls)}
+
+    _ctx(tmp_path).measure("m", compute, key={"a": 1})
+    reader = _ctx(tmp_path, measure_missing=False)
+    reads: list[str] = []
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (
+        reads.append(self.name), real(self, *a, **k))[1])
+    assert reader.measure("m", compute, key={"a": 1}) == {"value": 1}
+    got = reader.measure("m", compute, key={"a": 1})
+    got["value"] = 99  # the caller's copy: the next answer is unchanged
+    assert reader.measure("m", compute, key={"a": 1}) == {"value": 1}
+    assert reads.count("m.json") == 1
+    capsys.readouterr()
+    assert reader.measure("m", compute, key={"a": 2}) is None
+    assert reader.measure("m", compute, key={"a": 2}) is None
+    assert capsys.readouterr().err.count("stored measurement m is stale") == 1
+    assert reader.found["m"].startswith("stale: its key changed") and len(calls) == 1
 
 
 def test_timing_measurements_store_the_machine_speed(tmp_path: Path) -> None:

@@ -73,8 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--only", action="append", default=[], metavar="PATTERN",
                      help="train only the runs this chooses: EXPERIMENT, EXPERIMENT/ARM or "
                           "EXPERIMENT/ARM-sSEED, shell patterns allowed (mnist-lenet/dtp, "
-                          "'*/kolen_pollack-s0'); repeatable; the report still reads every "
-                          "run that exists")
+                          "'*/kolen_pollack-s0'); repeatable; measures nothing; the report "
+                          "still reads every run and measurement that exists")
     sub.add_parser("rules", help="list the registered learning rules")
     data = sub.add_parser("data", help="list or fetch datasets")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -60,8 +60,9 @@ def reproduce(paper: str, budget: str = "quick", *, seeds: int | None = None,
     from the stored runs and measurements only (nothing trained or measured; missing runs
     listed); ``train_minutes`` starts no run or measurement after that many minutes of this
     call, then writes the report from what exists; ``only`` trains just the runs its patterns
-    choose (:func:`biograd.experiments.reproduce.select_runs`), the report reads every run
-    that exists."""
+    choose (:func:`biograd.experiments.reproduce.select_runs`) and measures nothing (the
+    report reads every run and measurement that exists; the plain command takes the missing
+    measurements once the runs are in)."""
     started = time.perf_counter()
     p = _plan(paper, budget, seeds, runs_dir, overrides, preset)
     results = grid.run_plan(p, overwrite=overwrite, jobs=jobs, train=train,
@@ -69,8 +70,10 @@ def reproduce(paper: str, budget: str = "quick", *, seeds: int | None = None,
     module = importlib.import_module(MODULES[paper])
     settle_reports(Path(out), paper)  # before the report writes its figures
     until = None if train_minutes is None else started + 60 * train_minutes
+    # --only trains its runs and measures nothing: two reproductions of one store with
+    # disjoint --only would each take the same measurement, timings while the other trains
     ctx = paper_report.Context(p, results, Path(out), started, argv or [],
-                               measure_missing=train, measure_until=until)
+                               measure_missing=train and not only, measure_until=until)
     return paper_report.write(ctx, module.report(ctx))
 
 
