@@ -11,8 +11,9 @@
 #                  ones still going 2 minutes later), then packs every finished run (config,
 #                  metrics, summary, angles, fingerprint; never checkpoints) into $OUT/runs.tgz
 #   here, after:   bash scripts/gpu_fill.sh unpack FILES_AT/runs.tgz
-#                  then `biograd reproduce p3-weight-transport --budget standard --no-train`
-#                  (and p2-ldrl) and commit results/ and docs/results/
+#                  adopts the runs (`biograd reproduce PAPER --budget standard --merge-from`,
+#                  which also rewrites the reports) for p3-weight-transport and p2-ldrl;
+#                  then commit results/ and docs/results/
 #
 #   or there:      device run, carry [".gpu"] (and ".whl" for BioTorch's row, see below),
 #                  command: bash scripts/gpu_fill.sh measure, timeout_s 570
@@ -90,7 +91,8 @@ train)
     tail -n 3 "$out"/*.log
     new=$(comm -13 <(echo "$before") <(finished_runs | sort) | sed '/^$/d')
     echo "finished runs: $(echo "$new" | sed '/^$/d' | wc -l)"
-    [ -n "$new" ] && tar czf "$out/runs.tgz" --exclude='checkpoint*' $new
+    walls=$(for p in "${PAPERS[@]}"; do ls "results/$p/standard/wall_seconds.json" 2>/dev/null; done)
+    [ -n "$new" ] && tar czf "$out/runs.tgz" --exclude='checkpoint*' $new $walls
     ls -la "$out"
     ;;
 measure)
@@ -123,10 +125,20 @@ measure)
     ls -la "$out"
     ;;
 unpack)
+    # into a scratch folder, then adopted by `reproduce --merge-from`: only runs finished there
+    # whose fingerprint is current for this checkout, never over a finished current run here
     tgz=${2:?path of runs.tgz}
     tar tzf "$tgz" | grep -q 'checkpoint' && { echo "$tgz holds checkpoints: refusing" >&2; exit 2; }
-    tar xzf "$tgz"
-    tar tzf "$tgz" | grep summary.json | sed 's|/summary.json||'
+    biograd=(.venv/bin/biograd)
+    [ -x "${biograd[0]}" ] || biograd=(python3 -m biograd)
+    scratch=$(mktemp -d)
+    tar xzf "$tgz" -C "$scratch"
+    for p in "${PAPERS[@]}"; do
+        [ -d "$scratch/results/$p/standard" ] || continue
+        "${biograd[@]}" reproduce "$p" --budget standard --merge-from "$scratch/results" --no-train ||
+            { rm -rf "$scratch"; exit 1; }
+    done
+    rm -rf "$scratch"
     ;;
 *)
     sed -n 2,28p "$0"

@@ -4,7 +4,7 @@
     biograd compare [--config F] [--overwrite] [--jobs N] [--key=value ...]
     biograd reproduce PAPER [--budget quick|standard|full] [--seeds N] [--out DIR] [--jobs N]
                       [--no-train | --check] [--train-minutes M] [--only PATTERN ...]
-                      [--key=value ...]
+                      [--merge-from DIR] [--key=value ...]
     biograd rules
     biograd data list
     biograd data fetch NAME... [--data-dir D] [--force] [--from DIR]
@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
                           "EXPERIMENT/ARM-sSEED, shell patterns allowed (mnist-lenet/dtp, "
                           "'*/kolen_pollack-s0'); repeatable; measures nothing; the report "
                           "still reads every run and measurement that exists")
+    rep.add_argument("--merge-from", default=None, metavar="DIR",
+                     help="first adopt the finished runs whose fingerprint is current here, "
+                          "and the newer measurements, from another results store (DIR holds "
+                          "PAPER/BUDGET/: another clone's results/, an unpacked GPU archive); "
+                          "a finished current run here is never replaced")
     sub.add_parser("rules", help="list the registered learning rules")
     data = sub.add_parser("data", help="list or fetch datasets")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -142,7 +147,8 @@ def _cmd_reproduce(args: argparse.Namespace, overrides: list[str], argv: list[st
     if args.check:
         extra = [f for f, on in (("--no-train", not args.train), ("--overwrite", args.overwrite),
                                  ("--train-minutes", args.train_minutes is not None),
-                                 ("--jobs", args.jobs != 1), ("--only", bool(args.only)))
+                                 ("--jobs", args.jobs != 1), ("--only", bool(args.only)),
+                                 ("--merge-from", args.merge_from is not None))
                  if on]
         if extra:
             raise ConfigError(f"--check trains and writes nothing: drop {', '.join(extra)}")
@@ -155,7 +161,8 @@ def _cmd_reproduce(args: argparse.Namespace, overrides: list[str], argv: list[st
     summary = reproduce(args.paper, args.budget, seeds=args.seeds, out=args.out,
                         runs_dir=args.runs, overrides=overrides, preset=args.preset,
                         overwrite=args.overwrite, argv=argv, jobs=args.jobs, train=args.train,
-                        train_minutes=args.train_minutes, only=args.only)
+                        train_minutes=args.train_minutes, only=args.only,
+                        merge_from=args.merge_from)
     missing = (f" ({summary['missing']} of {summary['runs']} runs missing)"
                if summary.get("missing") else "")
     print(f"wrote {Path(args.out) / summary['report']}: {', '.join(summary['verdicts'])}"

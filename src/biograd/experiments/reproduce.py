@@ -381,3 +381,13 @@ class WallLog:
 
     def get(self, key: str) -> float | None:
         return self.data.get(key)
+
+    def forget(self, key: str) -> None:
+        """Drop ``key``'s entry (a run replaced by one whose wall time is not known here:
+        its fingerprint's then speaks for it), written as :meth:`record` writes."""
+        if self.path is not None and self.path.is_file():
+            self.data = {**self.data, **json.loads(self.path.read_text())}
+            if self.data.pop(key, None) is not None:
+                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(self.data, indent=1))
+                os.replace(tmp, self.path)

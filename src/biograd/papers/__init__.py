@@ -11,13 +11,14 @@ what that would train and measure, writing nothing (``biograd reproduce PAPER --
 from __future__ import annotations
 
 import importlib
+import sys
 import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from biograd.core.errors import unknown_name
+from biograd.core.errors import ConfigError, unknown_name
 from biograd.experiments import paper_report
 from biograd.experiments import reproduce as grid
 from biograd.experiments.summary import settle_reports
@@ -50,7 +51,8 @@ def reproduce(paper: str, budget: str = "quick", *, seeds: int | None = None,
               overrides: list[str] | tuple[str, ...] = (), preset: str | Path | None = None,
               overwrite: bool = False, argv: list[str] | None = None,
               jobs: int = 1, train: bool = True, train_minutes: float | None = None,
-              only: Sequence[str] = ()) -> dict[str, Any]:
+              only: Sequence[str] = (), merge_from: str | Path | None = None
+              ) -> dict[str, Any]:
     """Run ``paper``'s reproduction at ``budget`` and write its report; returns its summary
     (the verdicts and key numbers also saved as ``OUT/PAPER.json``, ``OUT/PAPER-BUDGET.json``
     for budgets other than standard). ``runs_dir`` defaults to the results store
@@ -62,9 +64,20 @@ def reproduce(paper: str, budget: str = "quick", *, seeds: int | None = None,
     call, then writes the report from what exists; ``only`` trains just the runs its patterns
     choose (:func:`biograd.experiments.reproduce.select_runs`) and measures nothing (the
     report reads every run and measurement that exists; the plain command takes the missing
-    measurements once the runs are in)."""
+    measurements once the runs are in). ``merge_from`` (a results root of another store)
+    first adopts its finished, current runs and newer measurements
+    (:func:`biograd.experiments.merge.merge_store`)."""
     started = time.perf_counter()
     p = _plan(paper, budget, seeds, runs_dir, overrides, preset)
+    if merge_from is not None:
+        if overwrite:
+            raise ConfigError("--overwrite deletes every run of the budget, the adopted ones "
+                              "too: drop --merge-from or --overwrite")
+        from biograd.experiments.merge import merge_store
+
+        merged = merge_store(p, merge_from)
+        print("\n".join(f"[reproduce {paper}] merge from {merge_from}: {line}"
+                        for line in merged.lines()), file=sys.stderr, flush=True)
     results = grid.run_plan(p, overwrite=overwrite, jobs=jobs, train=train,
                             train_minutes=train_minutes, started=started, only=only)
     module = importlib.import_module(MODULES[paper])
