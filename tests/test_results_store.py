@@ -510,6 +510,21 @@ def test_stale_absent_and_interrupted_runs_are_listed_not_touched(
     assert not (_root(store_copy) / ".stale").exists()
 
 
+def test_a_run_stale_by_its_epochs_is_estimated_at_the_new_length(
+        store_copy: Path, no_training) -> None:
+    """A preset that doubles the epochs: each stale run's estimate is its wall time x 2 (the
+    planned steps over the steps it did), not the shorter run's time."""
+    took = json.loads((_root(store_copy) / "wall_seconds.json").read_text())
+    preset = store_copy / "preset.yaml"
+    preset.write_text(preset.read_text().replace("epochs: 1,", "epochs: 2,"))
+    got = _check(store_copy)
+    assert {r.state for r in got["runs"]} == {"stale"}
+    for r in got["runs"]:
+        assert "config changed: epochs" in r.why
+        assert r.estimate == pytest.approx(2 * took[r.label])
+    assert got["train_seconds"] == pytest.approx(2 * sum(took[r.label] for r in got["runs"]))
+
+
 def test_an_arm_never_trained_is_estimated_from_backprop_and_its_step_cost(
         store_copy: Path, capsys) -> None:
     shutil.rmtree(_root(store_copy) / "mnist-mlp" / "weight_mirror-s0")

@@ -66,9 +66,11 @@ def _arm_wall(walls: dict[str, float], experiment: str, arm: str) -> float | Non
 
 
 def full_run_walls(p: Plan, walls: dict[str, float]) -> dict[str, float]:
-    """``walls`` with each diverged or truncated run's wall time scaled to the whole run it
-    stopped short of (x planned steps / steps done), so that it does not make the other seeds
-    of its arm look cheap: a run that diverged at step 264 of 3752 took 7 % of a whole one."""
+    """``walls`` with each stored run's wall time scaled to the run the plan asks for (x
+    planned steps / steps done, the planned steps being the plan's epochs x the stored run's
+    steps per epoch): a run that diverged at step 264 of 3752 took 7 % of a whole one and
+    must not make the other seeds of its arm look cheap, and a stale run trained for 10
+    epochs where the plan now asks 20 estimates twice its time."""
     out = dict(walls)
     for spec in p.runs:
         key, path = run_label(spec), run_dir_of(spec.config) / rundir.SUMMARY
@@ -76,9 +78,14 @@ def full_run_walls(p: Plan, walls: dict[str, float]) -> dict[str, float]:
             continue
         summary = rundir.read_json(path)
         steps, per_epoch = summary.get("steps"), summary.get("steps_per_epoch")
-        short = summary.get("status") == "diverged" or summary.get("truncated")
-        if short and steps and per_epoch:
-            out[key] = walls[key] * max(1.0, spec.config.epochs * per_epoch / steps)
+        if not (steps and per_epoch):
+            continue
+        factor = spec.config.epochs * per_epoch / steps
+        if summary.get("status") == "diverged" or summary.get("truncated"):
+            factor = max(1.0, factor)  # stopped short: at least the time it took
+        elif summary.get("epochs_completed") == spec.config.epochs:
+            continue  # the run the plan asks for
+        out[key] = walls[key] * factor
     return out
 
 
