@@ -119,3 +119,35 @@ def test_a_generalisation_gap_is_retrained_with_backprop_beside_it(tmp_path: Pat
                      "dtp_sigma", 3.0, 2.0) == ""
     assert gap_check(_ctx(tmp_path / "other", measure=False), "mnist-d8", "dtp_sigma", 3.0,
                      2.0) == " mnist-d8 dtp_sigma with 2x the epochs: not measured."
+
+
+def test_a_run_another_check_retrained_is_read_not_trained_again(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """LRA-E lost a cell and fell behind backprop in it: the gap check reads LRA-E's longer
+    runs from the longer check and trains only backprop's; a changed rule code, factor or
+    config is never read."""
+    from biograd.experiments import store
+    from biograd.papers import p1_longer
+
+    ctx = _ctx(tmp_path)
+    longer_check(ctx, "mnist-d8", ARMS, gap=1.5)
+    first = json.loads((ctx.measurements_dir / "longer-mnist-d8.json").read_text())
+    trained: list[str] = []
+    real = p1_longer.run_all
+    monkeypatch.setattr(p1_longer, "run_all", lambda subs, *a, **k: (
+        trained.extend(s.rule for s in subs), real(subs, *a, **k))[1])
+    gap_check(_ctx(tmp_path), "mnist-d8", "lra_e", gap=3.0, limit=2.0)
+    assert trained == ["backprop"] * 3
+    got = json.loads((ctx.measurements_dir / "longer-gap-mnist-d8-lra_e.json").read_text())
+    lra = [r for r in got["result"]["runs"] if r["arm"] == "lra_e"]
+    assert [r.pop("from") for r in lra] == ["longer-mnist-d8"] * 3
+    assert lra == [r for r in first["result"]["runs"] if r["arm"] == "lra_e"]
+    # another factor, config or rule code: trained, not read
+    views = {f"lra_e-s{s}": first["key"]["runs"][f"lra_e-s{s}"] for s in (0, 1, 2)}
+    assert len(p1_longer._retrained_elsewhere(ctx, "x", 2, views)) == 3
+    assert p1_longer._retrained_elsewhere(ctx, "x", 3, views) == {}
+    assert p1_longer._retrained_elsewhere(
+        ctx, "x", 2, {k: {**v, "lr": 0.5} for k, v in views.items()}) == {}
+    real_files = store.code_files
+    monkeypatch.setattr(store, "code_files", lambda r: {**real_files(r), "biograd.x": "0"})
+    assert p1_longer._retrained_elsewhere(ctx, "x", 2, views) == {}

@@ -2,7 +2,9 @@
 ``settings.longer_epochs_factor`` times the epochs (the same cosine schedule stretched over
 them), every seed of the budget, through the engine (:func:`biograd.experiments.jobs.run_all`,
 two runs at a time) in a temporary folder, stored as measurements keyed by the runs' configs
-and the rules' code, so the report is rebuilt without retraining:
+and the rules' code, so the report is rebuilt without retraining. A run that another of these
+measurements already retrained (the same config, factor and rule code: LRA-E in a cell it
+both lost and fell behind backprop in) is read from it rather than trained twice:
 
 - :func:`longer_check`: a cell LRA-E lost, LRA-E and the cell's best alternative retrained
   (``_measurements/longer-EXPERIMENT.json``);
@@ -16,33 +18,71 @@ and the rules' code, so the report is rebuilt without retraining:
 
 from __future__ import annotations
 
+import json
 import tempfile
 from typing import Any
 
-from biograd.experiments.jobs import run_all
+from biograd.experiments import store
+from biograd.experiments.jobs import FINISHED, run_all
 from biograd.experiments.paper_report import REFERENCE, Context, completed, mean_std
 from biograd.experiments.store import config_view
+
+
+def _retrained_elsewhere(ctx: Context, name: str, factor: int,
+                         runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{label: stored run}`` for the runs of ``runs`` (label -> config view) that another
+    stored retrain measurement of this paper holds with the same factor, the same config and
+    the current code of the run's rule."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(ctx.measurements_dir.glob("longer-*.json")):
+        if path.stem == name:
+            continue
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        key = stored.get("key") or {}
+        if key.get("factor") != factor:
+            continue
+        for run in (stored.get("result") or {}).get("runs", []):
+            label = f"{run.get('arm')}-s{run.get('seed')}"
+            view = runs.get(label)
+            if label in found or view is None or (key.get("runs") or {}).get(label) != view:
+                continue
+            rule = view.get("rule")
+            if (stored.get("code") or {}).get(rule) != store.code_hash(store.code_files(rule)):
+                continue
+            if run.get("status") in FINISHED:
+                found[label] = {**run, "from": path.stem}
+    return found
 
 
 def _retrain(ctx: Context, name: str, exp: str, specs: list, factor: int
              ) -> dict[str, Any] | None:
     """The runs ``specs`` of ``exp`` retrained with ``factor`` times their epochs, stored as
-    the measurement ``name`` (None when it is missing and this invocation measures nothing)."""
+    the measurement ``name`` (None when it is missing and this invocation measures nothing);
+    runs that another retrain measurement holds are read from it
+    (:func:`_retrained_elsewhere`)."""
     epochs = specs[0].config.epochs * factor
     key = {"factor": factor, "runs": {f"{s.arm}-s{s.seed}": config_view(s.config.to_dict())
                                       for s in specs}}
 
     def compute() -> dict[str, Any]:
+        views = json.loads(json.dumps(key["runs"], default=str))  # as a stored key holds them
+        have = _retrained_elsewhere(ctx, name, factor, views)
+        todo = [s for s in specs if f"{s.arm}-s{s.seed}" not in have]
         with tempfile.TemporaryDirectory() as tmp:
             subs = [s.config.replace(epochs=epochs, out_dir=tmp, alignment_every=0)
-                    for s in specs]
-            done = run_all(subs, 2, lambda i: f"[reproduce p1] {exp} {specs[i].arm} seed "
-                                              f"{specs[i].seed}, {epochs} epochs")
-        return {"epochs": epochs, "runs": [
-            {"arm": s.arm, "seed": s.seed, "status": summary.get("status"),
-             "test_acc": summary.get("test_acc"), "train_loss": summary.get("train_loss"),
-             "wall_seconds": round(seconds, 1)}
-            for s, (summary, seconds) in zip(specs, done, strict=True)]}
+                    for s in todo]
+            done = run_all(subs, 2, lambda i: f"[reproduce p1] {exp} {todo[i].arm} seed "
+                                              f"{todo[i].seed}, {epochs} epochs")
+        trained = {f"{s.arm}-s{s.seed}": {
+            "arm": s.arm, "seed": s.seed, "status": summary.get("status"),
+            "test_acc": summary.get("test_acc"), "train_loss": summary.get("train_loss"),
+            "wall_seconds": round(seconds, 1)}
+            for s, (summary, seconds) in zip(todo, done, strict=True)}
+        return {"epochs": epochs, "runs": [{**have, **trained}[f"{s.arm}-s{s.seed}"]
+                                           for s in specs]}
 
     return ctx.measure(name, compute, key=key, rules=sorted({s.config.rule for s in specs}))
 
