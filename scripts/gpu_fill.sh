@@ -28,8 +28,13 @@
 # hardware it ran on, so the reports say which runs came from the GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PAPERS=(p3-weight-transport p2-ldrl)
-DATASETS=(mnist)
+# which papers' runs to train, and the datasets they need: GPU_FILL_PAPERS='p1-lra'
+# GPU_FILL_DATASETS='mnist fashion_mnist' on every step (pack, train, unpack) for P1's cells
+read -r -a PAPERS <<< "${GPU_FILL_PAPERS:-p3-weight-transport p2-ldrl}"
+read -r -a DATASETS <<< "${GPU_FILL_DATASETS:-mnist}"
+for ds in "${DATASETS[@]}"; do
+    case "$ds" in mnist|fashion_mnist) ;; *) echo "GPU_FILL_DATASETS: unknown dataset '$ds' (mnist, fashion_mnist)" >&2; exit 2 ;; esac
+done
 
 finished_runs() {  # run directories with a fingerprint and a final summary
     for p in "${PAPERS[@]}"; do

@@ -67,9 +67,11 @@ def test_adopts_current_finished_runs_without_checkpoints(two) -> None:
     assert merged["mnist-mlp/kolen_pollack-s0"] == walls["mnist-mlp/kolen_pollack-s0"]
     # the report reads the adopted runs: nothing to train
     assert _run(here, train=False)["missing"] == 0
-    # a second merge changes nothing
+    # a second merge changes nothing, a finished run here without its fingerprint included
+    (got / store.FINGERPRINT).unlink()
     again = merge_store(_plan_of(here), there / "results")
     assert not again.runs and len(again.kept) == len(ARMS)
+    assert not (got / store.FINGERPRINT).exists()
 
 
 def test_wall_time_comes_from_the_source_or_is_dropped(two) -> None:

@@ -122,7 +122,7 @@ def merge_store(plan: Any, source: str | Path) -> Merged:
             done.skipped.append(f"{label} ({'; '.join(why)})")
             continue
         if dest.is_dir() and is_finished(spec.config) and not store.stale_reasons(
-                dest, spec.config) and store.read_fingerprint(dest) is not None:
+                dest, spec.config):  # with or without its fingerprint (reproduce adopts it)
             done.kept.append(label)
             continue
         owner = runlock.holder(dest)
