@@ -346,6 +346,10 @@ def test_a_measurement_asked_twice_is_read_once(tmp_path: Path, capsys, monkeypa
     assert reader.measure("m", compute, key={"a": 2}) is None
     assert capsys.readouterr().err.count("stored measurement m is stale") == 1
     assert reader.found["m"].startswith("stale: its key changed") and len(calls) == 1
+    # written by another context since: read again, not the first (missing) answer
+    assert reader.measure("late", compute) is None
+    _ctx(tmp_path).measure("late", compute)
+    assert reader.measure("late", compute) == {"value": 2}
 
 
 def test_timing_measurements_store_the_machine_speed(tmp_path: Path) -> None:
@@ -355,8 +359,9 @@ def test_timing_measurements_store_the_machine_speed(tmp_path: Path) -> None:
 
     from biograd.experiments import hardware, paper_report
 
-    # the timer itself: a call that sleeps 2 ms is timed as about 2 ms
-    assert 0.0019 < hardware._per_call(lambda: time.sleep(0.002), lambda: None, 3) < 0.004
+    # the timer itself: a call that sleeps 2 ms is timed per call (a block of 10 ms holds 5 of
+    # them), never below 2 ms; the upper bound leaves room for a loaded machine's late wake-ups
+    assert 0.0019 < hardware._per_call(lambda: time.sleep(0.002), lambda: None, 3) < 0.0075
     ctx = _ctx(tmp_path)
     ctx.measure("timed", lambda: {"v": 1}, timing=True)
     ctx.measure("plain", lambda: {"v": 2})

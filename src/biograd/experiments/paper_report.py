@@ -102,6 +102,16 @@ class Section:
 REFERENCE = "reference"
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """``(mtime_ns, size)`` of ``path``, None when it does not exist: whether a stored
+    measurement changed since it was read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 @dataclass
 class Context:
     """Everything a paper's report module reads."""
@@ -123,8 +133,8 @@ class Context:
     #: ``biograd reproduce --check``)
     found: dict[str, str] = field(default_factory=dict)
     _costs: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: ``{name: (key, code, result or None)}`` of each :meth:`measure` asked so far
-    _asked: dict[str, tuple[Any, dict[str, str], dict[str, Any] | None]] = field(
+    #: ``{name: (key, code, file stamp, result or None)}`` of each :meth:`measure` asked
+    _asked: dict[str, tuple[Any, dict[str, str], Any, dict[str, Any] | None]] = field(
         default_factory=dict)
 
     @property
@@ -163,13 +173,13 @@ class Context:
         files = {r: store.code_files(r) for r in dict.fromkeys(rules)}
         code = {r: store.code_hash(f) for r, f in files.items()}
         seen = self._asked.get(name)
-        if seen is not None and seen[0] == want and seen[1] == code \
-                and (seen[2] is not None or not self._may_measure()):
-            # asked again with the same key (several claims read one measurement): the
-            # answer of the first ask, without re-reading the file or re-printing why
-            return None if seen[2] is None else dict(seen[2])
+        if seen is not None and seen[:3] == (want, code, _stamp(path)) \
+                and (seen[3] is not None or not self._may_measure()):
+            # asked again with the same key and the file unchanged since (several claims read
+            # one measurement): the first answer, without re-reading or re-printing why
+            return None if seen[3] is None else dict(seen[3])
         got = self._measure(name, path, want, files, code, compute, timing)
-        self._asked[name] = (want, code, got)
+        self._asked[name] = (want, code, _stamp(path), got)
         return None if got is None else dict(got)
 
     def _measure(self, name: str, path: Path, want: Any, files: dict[str, dict[str, str]],
