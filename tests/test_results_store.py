@@ -18,6 +18,7 @@ import pytest
 
 from biograd import runlock
 from biograd.cli import main
+from biograd.core.registry import rule_info
 from biograd.experiments import jobs, status, store
 from biograd.experiments import reproduce as grid
 from biograd.experiments.paper_report import Context
@@ -83,6 +84,29 @@ def store_copy(trained: Path, tmp_path: Path) -> Path:
     """A copy of the trained store (mtimes kept) to change freely."""
     shutil.copytree(trained, tmp_path / "w", copy_function=shutil.copy2)
     return tmp_path / "w"
+
+
+def _change_rule(monkeypatch, rule: str, module: str = "biograd.rules.x",
+                 value: str = "0", updates: bool = True) -> None:
+    """A code change of ``rule``: ``module``'s hash in its code files set to ``value`` and,
+    with ``updates``, every gradient its step writes scaled by 1.5 (a change of what it
+    computes; without it, a change the update probe shows to compute the same)."""
+    real = store.code_files
+    monkeypatch.setattr(store, "code_files",
+                        lambda r: {**real(r), module: value} if r == rule else real(r))
+    monkeypatch.setattr(store, "_PROBES", {})  # probes of this test's code only
+    if updates:
+        cls = rule_info(rule).cls
+        step = cls.step
+
+        def scaled(self, x, y):
+            res = step(self, x, y)
+            for p in self.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(1.5)
+            return res
+
+        monkeypatch.setattr(cls, "step", scaled)
 
 
 @pytest.fixture
@@ -156,25 +180,75 @@ def test_config_change_of_one_arm_retrains_that_arm_only(store_copy: Path, capsy
 
 def test_code_change_of_one_rule_retrains_its_runs_only(store_copy: Path, monkeypatch,
                                                         capsys) -> None:
-    real = store.code_files
-
-    def changed(rule: str) -> dict[str, str]:
-        files = real(rule)
-        if rule == "kolen_pollack":
-            files["biograd.rules.kolen_pollack"] = "0" * 64
-        return files
-
-    monkeypatch.setattr(store, "code_files", changed)
+    _change_rule(monkeypatch, "kolen_pollack", "biograd.rules.kolen_pollack", "0" * 64)
     before = _summaries(store_copy)
     _run(store_copy)
     err = capsys.readouterr().err
-    assert "code of kolen_pollack changed: biograd.rules.kolen_pollack" in err
+    assert "code of kolen_pollack changed: biograd.rules.kolen_pollack (float64: " in err
     after = _summaries(store_copy)
     assert {a for a in ARMS if after[f"{a}-s0"] != before[f"{a}-s0"]} == {"kolen_pollack"}
     fp = json.loads((_root(store_copy) / "mnist-mlp/kolen_pollack-s0" / store.FINGERPRINT)
                     .read_text())
     assert fp["code_files"]["biograd.rules.kolen_pollack"] == "0" * 64
     assert len(list((_root(store_copy) / ".stale").glob("*/kolen_pollack-s0-*"))) == 1
+
+
+def test_a_code_change_that_keeps_the_updates_keeps_the_runs(store_copy: Path, no_training,
+                                                            monkeypatch, capsys) -> None:
+    """A faster implementation: the code hash changes, the update probe does not. Nothing is
+    retrained; the reproduction records the new code (and the old hash) in the fingerprint."""
+    old = json.loads((_root(store_copy) / "mnist-mlp/kolen_pollack-s0" / store.FINGERPRINT)
+                     .read_text())
+    assert old["probe"]["float64"]["state"] and "equivalent_code" not in old
+    _change_rule(monkeypatch, "kolen_pollack", updates=False)
+    got = _check(store_copy)
+    assert [r.state for r in got["runs"]] == ["current"] * len(ARMS)
+    # a timing is of the code: the step-cost measurement follows KP's code, probe or not
+    assert [k for k, v in got["measurements"].items() if v != "current"] == [
+        k for k in got["measurements"] if k.startswith("cost-")]
+    before = _summaries(store_copy)
+    _run(store_copy)
+    assert _summaries(store_copy) == before and "stale run" not in capsys.readouterr().err
+    fp = json.loads((_root(store_copy) / "mnist-mlp/kolen_pollack-s0" / store.FINGERPRINT)
+                    .read_text())
+    assert fp["code_files"]["biograd.rules.x"] == "0"
+    assert fp["code_hash"] == store.code_hash(store.code_files("kolen_pollack"))
+    assert [(e["code_hash"], e["changed"]) for e in fp["equivalent_code"]] == [
+        (old["code_hash"], ["biograd.rules.x (added)"])]
+    assert fp["probe"] == old["probe"] and fp["wall_seconds"] == old["wall_seconds"]
+    _run(store_copy)  # the new code is the fingerprint's now: nothing more recorded
+    assert json.loads((_root(store_copy) / "mnist-mlp/kolen_pollack-s0" / store.FINGERPRINT)
+                      .read_text()) == fp
+
+
+def test_without_a_probe_a_code_change_is_stale_and_reuse_adds_the_probe(
+        store_copy: Path, monkeypatch) -> None:
+    """A fingerprint written before probes: stale on any code change (nothing to compare);
+    reused with its own code, it gains the probe of that code."""
+    for arm in ("kolen_pollack", "feedback_alignment"):
+        path = _root(store_copy) / f"mnist-mlp/{arm}-s0" / store.FINGERPRINT
+        fp = json.loads(path.read_text())
+        want = fp.pop("probe")
+        path.write_text(json.dumps(fp))
+    _change_rule(monkeypatch, "kolen_pollack", updates=False)
+    runs = {r.label: r for r in _check(store_copy)["runs"]}
+    assert runs["mnist-mlp/kolen_pollack-s0"].state == "stale"
+    assert "(no update probe stored with the run)" in runs["mnist-mlp/kolen_pollack-s0"].why
+    assert runs["mnist-mlp/feedback_alignment-s0"].state == "current"
+    before = _summaries(store_copy)
+    _run(store_copy)
+    after = _summaries(store_copy)
+    assert {a for a in ARMS if after[f"{a}-s0"] != before[f"{a}-s0"]} == {"kolen_pollack"}
+    fp = json.loads((_root(store_copy) / "mnist-mlp/feedback_alignment-s0" / store.FINGERPRINT)
+                    .read_text())
+    assert fp["probe"] == want == store.probe_now(_plan_run(store_copy, "feedback_alignment"))
+
+
+def _plan_run(folder: Path, arm: str):
+    """The config of ``arm``'s run in the tiny preset."""
+    p = grid.plan(grid.load_preset(PAPER, folder / "preset.yaml"), "standard",
+                  runs_dir=folder / "results")
+    return next(s.config for s in p.runs if s.arm == arm)
 
 
 def test_code_hash_ignores_docstrings_and_comments_not_code() -> None:
@@ -485,9 +559,7 @@ def test_stale_absent_and_interrupted_runs_are_listed_not_touched(
     took = json.loads(walls.read_text())
     del took["mnist-mlp/sign_symmetry-s0"]  # ... and no wall time to estimate from
     walls.write_text(json.dumps(took))
-    real = store.code_files
-    monkeypatch.setattr(store, "code_files", lambda r: {**real(r), "biograd.rules.x": "0"}
-                        if r == "kolen_pollack" else real(r))  # stale
+    _change_rule(monkeypatch, "kolen_pollack")  # stale
     before = _tree(store_copy)
     got = _check(store_copy)
     states = {r.label: r for r in got["runs"]}
@@ -570,9 +642,7 @@ def test_a_diverged_run_is_estimated_as_the_whole_run_it_stopped_short_of(
     summary.update(status="diverged", steps=1, diverged={"step": 1})
     path.write_text(json.dumps(summary))
     took = json.loads((_root(store_copy) / "wall_seconds.json").read_text())
-    real = store.code_files
-    monkeypatch.setattr(store, "code_files", lambda r: {**real(r), "biograd.rules.x": "0"}
-                        if r == "weight_mirror" else real(r))  # stale: to be retrained
+    _change_rule(monkeypatch, "weight_mirror")  # stale: to be retrained
     got = {r.label: r for r in _check(store_copy)["runs"]}["mnist-mlp/weight_mirror-s0"]
     assert got.state == "stale" and not got.scaled
     assert got.estimate == pytest.approx(

@@ -61,15 +61,16 @@ def run_one(sub: Config, record: bool = False) -> dict[str, Any]:
     ``reused``), a started one resumes from its checkpoint (or restarts if it has none).
     ``record``: write the run's ``fingerprint.json`` (:mod:`biograd.experiments.store`, with
     the wall seconds of this call when it trained) when it finishes here, or when a finished
-    run without one is reused (adopted)."""
+    run without one is reused (adopted); a reused run's fingerprint gains its update probe or
+    the equivalent code at hand (:func:`biograd.experiments.store.refresh_fingerprint`)."""
     out, started = run_dir_of(sub), time.perf_counter()
     if out.exists():
         summary_path = out / rundir.SUMMARY
         if summary_path.is_file():
             summary = rundir.read_json(summary_path)
             if summary.get("status") in FINISHED:
-                if record and not (out / store.FINGERPRINT).is_file():
-                    store.write_fingerprint(out, sub, summary, adopted=True)
+                if record:  # adopt, add the update probe, or take an equivalent new code
+                    store.refresh_fingerprint(out, sub, summary)
                 return {**summary, "reused": True}
         if (out / rundir.CHECKPOINT).is_file():
             summary = train(sub, resume=True)

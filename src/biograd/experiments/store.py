@@ -16,18 +16,25 @@ Every run directory a reproduction trains or reuses gets ``fingerprint.json``:
   (``"not recorded"`` for runs adopted after the fact), ``wall_seconds``: how long training
   it took (the invocation that finished it; None when adopted);
 - ``adopted``: true when the fingerprint was computed when the run was first reused rather
-  than when it was trained.
+  than when it was trained;
+- ``probe``: the update probe (:mod:`biograd.experiments.update_probe`): a sketch of what
+  the rule holds after replaying the first steps of the run's config on fixed synthetic
+  batches, in float64 and float32; ``equivalent_code``: earlier code hashes under which the
+  run was trained, each replaced after the probe showed the new code computes the same.
 
 A stored run is **stale** (:func:`stale_reasons`) when its ``config.yaml`` differs from the
 config the preset resolves to now (key by key, as :func:`biograd.runner.config.same_config`:
 keys added to biograd since the run was saved count as equal at their default) or when the hash
 of one of its code files differs from the same file's hash now (files added to or removed from
-the import closure count too). A stale run is moved to ``ROOT/.stale/EXPERIMENT/
-ARM-sSEED-<UTC time>`` (:func:`move_stale`), never deleted.
+the import closure count too) and its stored update probe, recomputed with the code now,
+differs or is missing: a code change that keeps every update (a faster implementation) keeps
+the run, and the next reproduction records the new code in its fingerprint. A stale run is
+moved to ``ROOT/.stale/EXPERIMENT/ARM-sSEED-<UTC time>`` (:func:`move_stale`), never deleted.
 
 Trust on first use: a run without ``fingerprint.json`` (trained before the store existed, or
 interrupted before it finished) is checked on its config only; its code fingerprint is computed
-from the code at hand when it is first reused (or finishes) and written then. What the train
+from the code at hand when it is first reused (or finishes) and written then, and so is the
+update probe of a run whose fingerprint predates probes. What the train
 loop, data pipeline or optimizer code does is outside the fingerprint: the store tracks what
 decides a rule's update, so changing one rule invalidates that rule's runs only.
 """
@@ -185,8 +192,10 @@ def code_files(rule: str) -> dict[str, str]:
 
 
 def clear_cache() -> None:
-    """Forget the code hashes computed so far (after code changed within one process)."""
+    """Forget the code hashes and update probes computed so far (after code changed within
+    one process)."""
     _code_files.cache_clear()
+    _PROBES.clear()
 
 
 @functools.cache
@@ -259,9 +268,65 @@ def fingerprint(cfg: Config, summary: dict[str, Any] | None = None, *,
     return {"rule": cfg.rule, "config_hash": config_hash(cfg), "code_hash": code_hash(files),
             "code_files": files, "ignored_config_keys": list(IGNORED_KEYS),
             "git_commit": git_commit(), "biograd_version": __version__,
-            "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "adopted": adopted, "wall_seconds": wall_seconds,
-            "hardware": run_hardware(summary, here=not adopted)}
+            "written": _now(), "adopted": adopted, "wall_seconds": wall_seconds,
+            "hardware": run_hardware(summary, here=not adopted), "probe": probe_now(cfg)}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+_PROBES: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def probe_now(cfg: Config) -> dict[str, Any]:
+    """The update probe of a run of ``cfg`` with the code at hand
+    (:func:`biograd.experiments.update_probe.probe`), computed once per process, config and
+    code (:func:`clear_cache` forgets them)."""
+    from biograd.experiments.update_probe import probe
+
+    key = (config_hash(cfg), code_hash(code_files(cfg.rule)))
+    if key not in _PROBES:
+        _PROBES[key] = probe(cfg)
+    return json.loads(json.dumps(_PROBES[key]))
+
+
+def same_updates(stored: dict[str, Any], cfg: Config) -> str | None:
+    """None when the probe in the fingerprint ``stored`` equals the probe of ``cfg`` with the
+    code at hand (the rule computes what it computed when the run was trained), else why not
+    (no probe stored, or what differs)."""
+    from biograd.experiments.update_probe import difference, usable
+
+    if not usable(stored.get("probe")):
+        return "no update probe stored with the run"
+    return difference(stored["probe"], probe_now(cfg))
+
+
+def refresh_fingerprint(run_dir: Path, cfg: Config, summary: dict[str, Any] | None = None
+                        ) -> dict[str, Any]:
+    """A finished run reused by a reproduction: write its fingerprint when it has none
+    (adopted); add the update probe to one written before probes existed, when its code is
+    the code at hand; and, when its code changed since but its probe is unchanged (the run
+    is current: :func:`stale_reasons`), record the new code with the old hash under
+    ``equivalent_code``, so the next reuse compares against the new code. Returns the
+    fingerprint as it is on disk."""
+    stored = read_fingerprint(run_dir)
+    if not stored or not isinstance(stored.get("code_files"), dict):
+        return write_fingerprint(run_dir, cfg, summary, adopted=True)
+    files = code_files(cfg.rule)
+    changed = changed_files(stored["code_files"], files)
+    if not changed:
+        if "probe" in stored:
+            return stored
+        stored["probe"] = probe_now(cfg)
+    elif same_updates(stored, cfg) is None:
+        stored.setdefault("equivalent_code", []).append(
+            {"code_hash": stored.get("code_hash"), "changed": changed, "verified": _now()})
+        stored["code_files"], stored["code_hash"] = files, code_hash(files)
+    else:
+        return stored
+    rundir.write_json(Path(run_dir) / FINGERPRINT, stored)
+    return stored
 
 
 def read_fingerprint(run_dir: Path) -> dict[str, Any] | None:
@@ -285,8 +350,10 @@ def write_fingerprint(run_dir: Path, cfg: Config, summary: dict[str, Any] | None
 
 def stale_reasons(run_dir: Path, cfg: Config) -> list[str]:
     """Why the stored run in ``run_dir`` no longer describes a run of ``cfg`` (empty: it
-    does): config keys that differ from its ``config.yaml``, code modules whose hash changed
-    since its ``fingerprint.json`` was written."""
+    does): config keys that differ from its ``config.yaml``; code modules whose hash changed
+    since its ``fingerprint.json`` was written, unless the update probe stored there equals
+    the probe with the code at hand (:func:`same_updates`: a change that leaves the rule's
+    updates as they were, e.g. a faster implementation, keeps the run)."""
     from biograd.runner.yamlio import read_yaml
 
     why = []
@@ -302,8 +369,9 @@ def stale_reasons(run_dir: Path, cfg: Config) -> list[str]:
             why.append("fingerprint.json unreadable")
         else:
             files = changed_files(old, code_files(cfg.rule))
-            if files:
-                why.append(f"code of {cfg.rule} changed: {', '.join(files)}")
+            differs = same_updates(stored, cfg) if files else None
+            if differs is not None:  # code changed and its updates did (or cannot be told)
+                why.append(f"code of {cfg.rule} changed: {', '.join(files)} ({differs})")
     return why
 
 
