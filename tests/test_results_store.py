@@ -203,6 +203,9 @@ def test_a_code_change_that_keeps_the_updates_keeps_the_runs(store_copy: Path, n
     _change_rule(monkeypatch, "kolen_pollack", updates=False)
     got = _check(store_copy)
     assert [r.state for r in got["runs"]] == ["current"] * len(ARMS)
+    assert "current     mnist-mlp/kolen_pollack-s0: code of kolen_pollack changed (" \
+           "biograd.rules.x (added)), its updates did not (update probe)" in "\n".join(
+               status.lines(got))
     # a timing is of the code: the step-cost measurement follows KP's code, probe or not
     assert [k for k, v in got["measurements"].items() if v != "current"] == [
         k for k in got["measurements"] if k.startswith("cost-")]

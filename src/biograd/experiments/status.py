@@ -102,6 +102,12 @@ def run_states(p: Plan, walls: dict[str, float]) -> list[RunState]:
         elif summary.get("status") in FINISHED:
             reasons = store.stale_reasons(where, spec.config)
             state, why = (STALE, "; ".join(reasons)) if reasons else (CURRENT, "")
+            fp = store.read_fingerprint(where) or {}
+            if state == CURRENT and isinstance(fp.get("code_files"), dict) and (
+                    changed := store.changed_files(fp["code_files"],
+                                                   store.code_files(spec.config.rule))):
+                why = (f"code of {spec.config.rule} changed ({', '.join(changed)}), its "
+                       "updates did not (update probe): reproduce records the new code")
         elif summary.get("status") == "failed":  # trained again
             state, why = FAILED, str(summary.get("error", ""))
         else:  # started: resumed from its checkpoint
@@ -171,7 +177,7 @@ def lines(status: dict[str, Any]) -> list[str]:
         f"{n} {s}" for s, n in counts.items() if n) if runs else "no training runs")
     out = [head]
     for r in runs:
-        if r.state != CURRENT:
+        if r.state != CURRENT or r.why:
             took = "" if r.estimate is None else (
                 f" (~{r.estimate / 60:.1f} min{' = backprop x step cost' if r.scaled else ''})")
             out.append(f"  {r.state:<11} {r.label}{took}{': ' + r.why if r.why else ''}")
