@@ -398,6 +398,45 @@ def test_measurements_are_reused_and_invalidated_by_key_and_code(tmp_path: Path,
     assert _ctx(tmp_path).measure("n", compute, rules=["backprop"]) == {"value": 4}
 
 
+def test_a_measurement_of_training_runs_follows_their_updates_not_their_code(
+        tmp_path: Path, store_copy: Path, monkeypatch) -> None:
+    """A measurement that trains runs (``configs``) stores their update probes: a code change
+    of its rule that keeps the probes keeps it, one that changes them measures again; a
+    timing never keeps across a code change."""
+    calls = []
+
+    def compute() -> dict:
+        calls.append(1)
+        return {"value": len(calls)}
+
+    cfg = _plan_run(store_copy, "kolen_pollack")
+    kw = dict(key={"a": 1}, rules=["kolen_pollack"], configs=[cfg])
+    assert _ctx(tmp_path).measure("m", compute, **kw) == {"value": 1}
+    record = json.loads((tmp_path / PAPER / "standard" / "_measurements" / "m.json").read_text())
+    assert record["probes"] == {store.config_hash(cfg): store.probe_now(cfg)}
+    assert _ctx(tmp_path).measure("t", compute, timing=True, **kw) == {"value": 2}
+    _change_rule(monkeypatch, "kolen_pollack", updates=False)
+    assert _ctx(tmp_path).measure("m", compute, **kw) == {"value": 1}  # kept
+    assert _ctx(tmp_path).measure("t", compute, timing=True, **kw) == {"value": 3}
+    monkeypatch.undo()
+    _change_rule(monkeypatch, "kolen_pollack", updates=True)
+    assert _ctx(tmp_path).measure("m", compute, **kw) == {"value": 4}  # measured again
+    # a measurement stored before probes gains them when read by a measuring invocation
+    # with unchanged code, never by a report-only one
+    monkeypatch.undo()
+    path = tmp_path / PAPER / "standard" / "_measurements" / "m.json"
+    record = json.loads(path.read_text())
+    del record["probes"]
+    record["code"] = {"kolen_pollack": store.code_hash(store.code_files("kolen_pollack"))}
+    record["code_files"] = {"kolen_pollack": store.code_files("kolen_pollack")}
+    path.write_text(json.dumps(record))
+    assert _ctx(tmp_path, measure_missing=False).measure("m", compute, **kw) == {"value": 4}
+    assert "probes" not in json.loads(path.read_text())
+    assert _ctx(tmp_path).measure("m", compute, **kw) == {"value": 4}
+    assert json.loads(path.read_text())["probes"] == {
+        store.config_hash(cfg): store.probe_now(cfg)}
+
+
 def test_a_measurement_asked_twice_is_read_once(tmp_path: Path, capsys, monkeypatch) -> None:
     """Several claims read one measurement: within one report the file is read once and a
     stale one is announced once; a different key in the same context is still asked anew."""

@@ -10,7 +10,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from biograd.experiments.hardware import cpu_name, hardware_info, machine_speed,
 from biograd.experiments.store import short
 from biograd.experiments.summary import refresh, report_stem, settle_reports
 from biograd.rundir import ALIGNMENT, read_rows
-from biograd.runner.config import keyed
+from biograd.runner.config import Config, keyed
 from biograd.runner.device import resolve_device
 
 Results = dict[tuple[str, str], list[dict[str, Any]]]
@@ -154,7 +154,7 @@ class Context:
 
     def measure(self, name: str, compute: Callable[[], dict[str, Any]], *,
                 key: Any = None, rules: list[str] | tuple[str, ...] = (),
-                timing: bool | str = False
+                timing: bool | str = False, configs: Sequence[Config] = ()
                 ) -> dict[str, Any] | None:
         """A stored measurement: ``_measurements/NAME.json`` when it exists and was made with
         the same ``key`` (any JSON-able description of what it depends on: settings, arms'
@@ -167,7 +167,10 @@ class Context:
         (issue 14, item 5). ``timing``: the measurement is a timing (True: on the CPU, or the
         name of the device it timed, e.g. ``"cuda"``), so that device's speed right after it,
         at the thread count it ran with (:func:`biograd.experiments.hardware.machine_speed`),
-        is stored beside it and printed with its hardware in the report."""
+        is stored beside it and printed with its hardware in the report. ``configs``: the run
+        configs a non-timing measurement trains (e.g. P1's retrain checks); their update probes
+        (:mod:`biograd.experiments.update_probe`) are stored with it, and a code change of its
+        rules whose probes are unchanged keeps it current (as a stored run)."""
         path = self.measurements_dir / f"{name}.json"
         want = json.loads(json.dumps(_plain(key), default=str))
         files = {r: store.code_files(r) for r in dict.fromkeys(rules)}
@@ -178,19 +181,31 @@ class Context:
             # asked again with the same key and the file unchanged since (several claims read
             # one measurement): the first answer, without re-reading or re-printing why
             return None if seen[3] is None else dict(seen[3])
-        got = self._measure(name, path, want, files, code, compute, timing)
+        got = self._measure(name, path, want, files, code, compute, timing,
+                            () if timing else configs)
         self._asked[name] = (want, code, _stamp(path), got)
         return None if got is None else dict(got)
 
     def _measure(self, name: str, path: Path, want: Any, files: dict[str, dict[str, str]],
                  code: dict[str, str], compute: Callable[[], dict[str, Any]],
-                 timing: bool | str) -> dict[str, Any] | None:
+                 timing: bool | str, configs: Sequence[Config]) -> dict[str, Any] | None:
         """:meth:`measure`'s first ask for ``name``: the stored result when current, else
         ``compute()`` when this invocation measures, else None."""
         if path.is_file():
             stored = json.loads(path.read_text())
             old_code = stored.get("code") or {}
-            if stored.get("key") == want and old_code == code:
+            same_code = old_code == code
+            if stored.get("key") == want and not same_code and configs \
+                    and _same_probes(stored.get("probes"), configs):
+                print(f"[reproduce {self.plan.paper}] stored measurement {name}: the code of "
+                      f"{', '.join(r for r in code if old_code.get(r) != code[r])} changed, "
+                      "its update probes did not: current", file=sys.stderr, flush=True)
+                same_code = True
+            if stored.get("key") == want and same_code:
+                if configs and "probes" not in stored and old_code == code \
+                        and self._may_measure():  # written before probes: add them
+                    stored["probes"] = _probes(configs)
+                    _write_record(path, stored)
                 self.measured[name] = stored
                 self.found[name] = "current"
                 return dict(stored["result"])
@@ -214,11 +229,9 @@ class Context:
                   "result": _plain(result), "hardware": hardware_info(),
                   **(_speed_after(timing) if timing else {}),
                   "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                  "seconds": round(time.perf_counter() - started, 2)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(path)
+                  "seconds": round(time.perf_counter() - started, 2),
+                  **({"probes": _probes(configs)} if configs else {})}
+        _write_record(path, record)
         self.measured[name] = record
         return dict(record["result"])
 
@@ -648,6 +661,30 @@ def write(ctx: Context, section: Section) -> dict[str, Any]:
         json.dumps(_plain(summary), indent=2) + "\n")
     refresh(ctx.out)
     return summary
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    """A measurement's record written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _probes(configs: Sequence[Config]) -> dict[str, Any]:
+    """``{config hash: update probe}`` of ``configs`` with the code at hand."""
+    return {store.config_hash(c): store.probe_now(c) for c in configs}
+
+
+def _same_probes(stored: Any, configs: Sequence[Config]) -> bool:
+    """Whether ``stored`` (a measurement's ``probes``) holds a probe for each of ``configs``
+    equal to its probe with the code at hand."""
+    from biograd.experiments.update_probe import difference
+
+    return isinstance(stored, dict) and all(
+        isinstance(stored.get(store.config_hash(c)), dict)
+        and difference(stored[store.config_hash(c)], store.probe_now(c)) is None
+        for c in configs)
 
 
 def _plain(value: Any) -> Any:

@@ -84,7 +84,8 @@ def _retrain(ctx: Context, name: str, exp: str, specs: list, factor: int
         return {"epochs": epochs, "runs": [{**have, **trained}[f"{s.arm}-s{s.seed}"]
                                            for s in specs]}
 
-    return ctx.measure(name, compute, key=key, rules=sorted({s.config.rule for s in specs}))
+    return ctx.measure(name, compute, key=key, rules=sorted({s.config.rule for s in specs}),
+                       configs=[s.config for s in specs])
 
 
 def _errors(got: dict[str, Any], arms: tuple[str, ...]) -> dict[str, list[float]]:
