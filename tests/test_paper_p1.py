@@ -26,9 +26,13 @@ def test_standard_budget_is_full_data_three_seeds_shallow_first() -> None:
     for name, cfg in p.experiments.items():
         assert cfg.train_subset is None and cfg.test_subset is None, name
         assert cfg.threads == 1 and cfg.scheduler == "cosine" and cfg.batch_size == 50
-        assert cfg.epochs == (6 if name.endswith("d3") else 10), name
+        # the fewest epochs with which backprop reached its plateau in check runs (preset)
+        want = 6 if name.endswith("d3") else 20 if name == "fmnist-d8" else 10
+        assert cfg.epochs == want, name
         ref = preset["experiments"][name]["reference_accuracy"]
-        assert (ref >= 97.5) if name.startswith("mnist") else (ref == 88.0), name
+        # Fashion-MNIST at depth 8: backprop's plateau (~87.8 %) less 0.4, as mnist-d8's 97.5
+        assert ref == (97.5 if name == "mnist-d8" else 98.0 if name.startswith("mnist")
+                       else 87.4 if name == "fmnist-d8" else 88.0), name
     order = list(dict.fromkeys(s.experiment for s in p.runs))
     assert order[:2] == ["mnist-d3", "fmnist-d3"]  # whole experiments one at a time
     assert all(s.config.out_dir == f"results/p1-lra/standard/{s.experiment}" for s in p.runs)
