@@ -100,13 +100,10 @@ def run_states(p: Plan, walls: dict[str, float]) -> list[RunState]:
         if not where.is_dir():
             state, why = ABSENT, ""
         elif summary.get("status") in FINISHED:
-            reasons = store.stale_reasons(where, spec.config)
+            reasons, kept = store.check_run(where, spec.config)
             state, why = (STALE, "; ".join(reasons)) if reasons else (CURRENT, "")
-            fp = store.read_fingerprint(where) or {}
-            if state == CURRENT and isinstance(fp.get("code_files"), dict) and (
-                    changed := store.changed_files(fp["code_files"],
-                                                   store.code_files(spec.config.rule))):
-                why = (f"code of {spec.config.rule} changed ({', '.join(changed)}), its "
+            if not reasons and kept:
+                why = (f"code of {spec.config.rule} changed ({', '.join(kept)}), its "
                        "updates did not (update probe): reproduce records the new code")
         elif summary.get("status") == "failed":  # trained again
             state, why = FAILED, str(summary.get("error", ""))

@@ -354,9 +354,17 @@ def stale_reasons(run_dir: Path, cfg: Config) -> list[str]:
     since its ``fingerprint.json`` was written, unless the update probe stored there equals
     the probe with the code at hand (:func:`same_updates`: a change that leaves the rule's
     updates as they were, e.g. a faster implementation, keeps the run)."""
+    return check_run(run_dir, cfg)[0]
+
+
+def check_run(run_dir: Path, cfg: Config) -> tuple[list[str], list[str]]:
+    """``(stale reasons, kept changes)`` of the stored run in ``run_dir``: the reasons of
+    :func:`stale_reasons`, and the code modules that changed since its fingerprint while its
+    update probe did not (empty unless the run is kept across a code change)."""
     from biograd.runner.yamlio import read_yaml
 
-    why = []
+    why: list[str] = []
+    kept: list[str] = []
     path = Path(run_dir) / rundir.CONFIG
     if path.is_file():
         keys = config_diff(read_yaml(path), cfg)
@@ -372,7 +380,9 @@ def stale_reasons(run_dir: Path, cfg: Config) -> list[str]:
             differs = same_updates(stored, cfg) if files else None
             if differs is not None:  # code changed and its updates did (or cannot be told)
                 why.append(f"code of {cfg.rule} changed: {', '.join(files)} ({differs})")
-    return why
+            else:
+                kept = files
+    return why, kept
 
 
 def move_stale(run_dir: Path, root: Path) -> Path:
