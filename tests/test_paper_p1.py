@@ -27,7 +27,7 @@ def test_standard_budget_is_full_data_three_seeds_shallow_first() -> None:
         assert cfg.train_subset is None and cfg.test_subset is None, name
         assert cfg.threads == 1 and cfg.scheduler == "cosine" and cfg.batch_size == 50
         # the fewest epochs with which backprop reached its plateau in check runs (preset)
-        want = 6 if name.endswith("d3") else 20 if name == "fmnist-d8" else 10
+        want = 6 if name.endswith("d3") else 20 if name.endswith("d8") else 10
         assert cfg.epochs == want, name
         ref = preset["experiments"][name]["reference_accuracy"]
         # Fashion-MNIST at depth 8: backprop's plateau (~87.8 %) less 0.4, as mnist-d8's 97.5
