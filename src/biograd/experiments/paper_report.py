@@ -196,7 +196,7 @@ class Context:
             old_code = stored.get("code") or {}
             same_code = old_code == code
             if stored.get("key") == want and not same_code and configs \
-                    and _same_probes(stored.get("probes"), configs):
+                    and same_probes(stored.get("probes"), configs):
                 print(f"[reproduce {self.plan.paper}] stored measurement {name}: the code of "
                       f"{', '.join(r for r in code if old_code.get(r) != code[r])} changed, "
                       "its update probes did not: current", file=sys.stderr, flush=True)
@@ -676,7 +676,7 @@ def _probes(configs: Sequence[Config]) -> dict[str, Any]:
     return {store.config_hash(c): store.probe_now(c) for c in configs}
 
 
-def _same_probes(stored: Any, configs: Sequence[Config]) -> bool:
+def same_probes(stored: Any, configs: Sequence[Config]) -> bool:
     """Whether ``stored`` (a measurement's ``probes``) holds a probe for each of ``configs``
     equal to its probe with the code at hand."""
     from biograd.experiments.update_probe import difference

@@ -4,7 +4,8 @@ them), every seed of the budget, through the engine (:func:`biograd.experiments.
 two runs at a time) in a temporary folder, stored as measurements keyed by the runs' configs
 and the rules' code, so the report is rebuilt without retraining. A run that another of these
 measurements already retrained (the same config, factor and rule code: LRA-E in a cell it
-both lost and fell behind backprop in) is read from it rather than trained twice:
+both lost and fell behind backprop in) is read from it rather than trained twice, also after a
+change of the rule's code that leaves its update probe unchanged:
 
 - :func:`longer_check`: a cell LRA-E lost, LRA-E and the cell's best alternative retrained
   (``_measurements/longer-EXPERIMENT.json``);
@@ -24,15 +25,25 @@ from typing import Any
 
 from biograd.experiments import store
 from biograd.experiments.jobs import FINISHED, run_all
-from biograd.experiments.paper_report import REFERENCE, Context, completed, mean_std
+from biograd.experiments.paper_report import (
+    REFERENCE,
+    Context,
+    completed,
+    mean_std,
+    same_probes,
+)
 from biograd.experiments.store import config_view
+from biograd.runner.config import Config
 
 
 def _retrained_elsewhere(ctx: Context, name: str, factor: int,
-                         runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+                         runs: dict[str, dict[str, Any]],
+                         configs: dict[str, Config] | None = None) -> dict[str, dict[str, Any]]:
     """``{label: stored run}`` for the runs of ``runs`` (label -> config view) that another
-    stored retrain measurement of this paper holds with the same factor, the same config and
-    the current code of the run's rule."""
+    stored retrain measurement of this paper holds with the same factor and config, trained
+    with the current code of the run's rule or with code whose update probe equals the
+    current one (the measurement's ``probes`` for ``configs[label]``, the run's config:
+    a speed change of the rule does not make it retrain)."""
     found: dict[str, dict[str, Any]] = {}
     for path in sorted(ctx.measurements_dir.glob("longer-*.json")):
         if path.stem == name:
@@ -50,7 +61,10 @@ def _retrained_elsewhere(ctx: Context, name: str, factor: int,
             if label in found or view is None or (key.get("runs") or {}).get(label) != view:
                 continue
             rule = view.get("rule")
-            if (stored.get("code") or {}).get(rule) != store.code_hash(store.code_files(rule)):
+            same_code = (stored.get("code") or {}).get(rule) == store.code_hash(
+                store.code_files(rule))
+            cfg = (configs or {}).get(label)
+            if not same_code and (cfg is None or not same_probes(stored.get("probes"), [cfg])):
                 continue
             if run.get("status") in FINISHED:
                 found[label] = {**run, "from": path.stem}
@@ -69,7 +83,8 @@ def _retrain(ctx: Context, name: str, exp: str, specs: list, factor: int
 
     def compute() -> dict[str, Any]:
         views = json.loads(json.dumps(key["runs"], default=str))  # as a stored key holds them
-        have = _retrained_elsewhere(ctx, name, factor, views)
+        have = _retrained_elsewhere(ctx, name, factor, views,
+                                    {f"{s.arm}-s{s.seed}": s.config for s in specs})
         todo = [s for s in specs if f"{s.arm}-s{s.seed}" not in have]
         with tempfile.TemporaryDirectory() as tmp:
             subs = [s.config.replace(epochs=epochs, out_dir=tmp, alignment_every=0)
