@@ -4,6 +4,7 @@ statistics are the paired per-round ratios."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -112,3 +113,16 @@ def test_cost_ratios_are_paired_per_round() -> None:
     assert p5.ratio_quartiles(times, "zil") == pytest.approx((1.0, 1.25, 1.625))
     assert p5.ratio_quartiles(times, "zil full dynamics") == (10.0, 10.0, 10.0)
     assert all(math.isnan(v) for v in p5.ratio_quartiles(times, "predictive_coding"))
+
+
+def test_a_rebuilt_report_counts_the_stored_measurements_time(tmp_path: Path) -> None:
+    """A report rebuilt from stored measurements states the time they took when they were
+    made (P5 has no runs: the work behind it is its measurements), not just the rebuild's."""
+    p5.report(_ctx(tmp_path))
+    stored = [json.loads(f.read_text())["seconds"] for f in
+              (tmp_path / "runs" / "p5-zil" / "standard" / "_measurements").glob("*.json")]
+    ctx = _ctx(tmp_path, measure_missing=False)
+    summary = paper_report.write(ctx, p5.report(ctx))
+    assert summary["wall_seconds"] >= round(sum(stored), 1) > 0
+    text = (tmp_path / "out" / "p5-zil.md").read_text()
+    assert f"4 measurements read from the store, {sum(stored):.0f} s when they were made" in text

@@ -605,6 +605,11 @@ def write(ctx: Context, section: Section) -> dict[str, Any]:
     walls = [s["wall_seconds"] for s in here if num(s.get("wall_seconds"))]
     run_wall = sum(walls)
     reused = sum(bool(s.get("reused")) for s in here)
+    reused_wall = sum(s["wall_seconds"] for s in here
+                      if s.get("reused") and num(s.get("wall_seconds")))
+    # measurements read from the store (made by an earlier invocation) and how long they took
+    stored = [r for n, r in ctx.measured.items() if ctx.found.get(n) == "current"]
+    stored_s = sum(float(r.get("seconds") or 0.0) for r in stored)
     n_missing = len(every) - len(here)
     cmd = "biograd reproduce " + " ".join(ctx.argv or [p.paper, "--budget", p.budget])
     lines = [
@@ -629,7 +634,9 @@ def write(ctx: Context, section: Section) -> dict[str, Any]:
               f"of the runs when they were trained (with evaluation and angle logging): "
               f"{run_wall:.0f} s over the {len(walls)} runs that recorded it"
               f"{'' if len(walls) == len(here) else f' ({len(here) - len(walls)} did not)'}; "
-              f"training steps of all {len(here)} runs: {train_s:.0f} s", ""]
+              f"training steps of all {len(here)} runs: {train_s:.0f} s; "
+              f"{len(stored)} measurements read from the store, {stored_s:.0f} s when they "
+              "were made", ""]
     bad = [(e, a, s) for (e, a), runs in ctx.results.items() for s in runs if lost(s)]
     if bad:
         lines += ["## Diverged and failed runs", ""]
@@ -652,9 +659,10 @@ def write(ctx: Context, section: Section) -> dict[str, Any]:
     summary = {"paper": p.paper, "title": preset.get("title", ""), "budget": p.budget,
                "seeds": len(p.seeds), "claim": preset.get("claim", ""),
                "verdicts": verdicts, "key_numbers": section.key_numbers,
-               # with reused runs, this invocation's wall time understates the work: report
-               # the runs' own wall time when they were trained (wall_seconds.json)
-               "wall_seconds": round(max(wall, run_wall) if reused else wall, 1),
+               # the work behind the report: this invocation, plus the wall time of the runs
+               # it reused when they were trained (wall_seconds.json) and of the stored
+               # measurements it read when they were made
+               "wall_seconds": round(wall + reused_wall + stored_s, 1),
                "runs": len(every), "missing": n_missing,
                "report": f"{ctx.report_stem}.md", **section.extra}
     (ctx.out / f"{ctx.report_stem}.json").write_text(

@@ -103,9 +103,11 @@ def caption(out: Path) -> str:
     shown = [found[0].get("budget") for found in reports(out).values()]
     kinds = ", ".join(f"{shown.count(b)} at {b}" for b in BUDGET_RANK if b in shown)
     return (f"Summary of the committed reports, one row per paper from its largest budget "
-            f"({kinds or 'none yet'}); see each report for the tables, plots, the statistic, "
-            "spread and threshold of each claim check, and why a claim is not testable at its "
-            "budget.")
+            f"({kinds or 'none yet'}); the budget column gives the seeds and the wall time "
+            "behind the report (its runs when they were trained, its stored measurements when "
+            "they were made, and the report's own invocation); see each report for the "
+            "tables, plots, the statistic, spread and threshold of each claim check, and why "
+            "a claim is not testable at its budget.")
 
 
 def write_readme(out: Path) -> Path:
