@@ -68,3 +68,21 @@ def assert_same_step(fast, r_fast, ref, r_ref, grad_rtol: float) -> None:
 @pytest.fixture
 def model_factory():
     return make_model
+
+
+def scale_updates(monkeypatch, rule: str, factor: float) -> None:
+    """Make rule ``rule``'s step write every gradient ``factor`` times what it computes (a
+    change of what the rule computes, for tests of what notices one)."""
+    from biograd.core.registry import rule_info
+
+    cls = rule_info(rule).cls
+    step = cls.step
+
+    def scaled(self, x, y):
+        res = step(self, x, y)
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor)
+        return res
+
+    monkeypatch.setattr(cls, "step", scaled)

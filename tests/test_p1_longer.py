@@ -8,11 +8,11 @@ import json
 import re
 from pathlib import Path
 
-from biograd.core.registry import rule_info
 from biograd.experiments.paper_report import Context, mean_std
 from biograd.experiments.reproduce import plan
 from biograd.papers import load_preset
 from biograd.papers.p1_longer import backprop_check, gap_check, longer_check
+from tests.conftest import scale_updates
 
 TINY = ["dataset=synthetic", "dataset_args.n=48", "dataset_args.input_shape=[1,28,28]",
         "dataset_args.num_classes=10", "train_subset=32", "test_subset=16", "epochs=1",
@@ -146,29 +146,19 @@ def test_a_run_another_check_retrained_is_read_not_trained_again(tmp_path: Path,
     assert lra == [r for r in first["result"]["runs"] if r["arm"] == "lra_e"]
     # another factor, config or rule code: trained, not read
     views = {f"lra_e-s{s}": first["key"]["runs"][f"lra_e-s{s}"] for s in (0, 1, 2)}
-    assert len(p1_longer._retrained_elsewhere(ctx, "x", 2, views)) == 3
-    assert p1_longer._retrained_elsewhere(ctx, "x", 3, views) == {}
-    assert p1_longer._retrained_elsewhere(
-        ctx, "x", 2, {k: {**v, "lr": 0.5} for k, v in views.items()}) == {}
-    # a code change of LRA-E: read when its update probe is unchanged (a speed change),
-    # trained again when the probe differs or cannot be compared (no config given)
     cfgs = {f"{s.arm}-s{s.seed}": s.config for s in ctx.plan.runs
             if s.experiment == "mnist-d8" and s.arm == "lra_e"}
+    assert len(p1_longer._retrained_elsewhere(ctx, "x", 2, views, cfgs)) == 3
+    assert p1_longer._retrained_elsewhere(ctx, "x", 3, views, cfgs) == {}
+    assert p1_longer._retrained_elsewhere(
+        ctx, "x", 2, {k: {**v, "lr": 0.5} for k, v in views.items()}, cfgs) == {}
+    # a code change of LRA-E: read when its update probe is unchanged (a speed change),
+    # trained again when the probe differs or cannot be compared (no config given)
     real_files = store.code_files
     monkeypatch.setattr(store, "code_files", lambda r: {**real_files(r), "biograd.x": "0"})
     monkeypatch.setattr(store, "_PROBES", {})
-    assert p1_longer._retrained_elsewhere(ctx, "x", 2, views) == {}
+    assert p1_longer._retrained_elsewhere(ctx, "x", 2, views, {}) == {}
     assert len(p1_longer._retrained_elsewhere(ctx, "x", 2, views, cfgs)) == 3
-    cls = rule_info("lra_e").cls
-    step = cls.step
-
-    def scaled(self, x, y):  # what the rule computes changes: every update x 1.5
-        res = step(self, x, y)
-        for p in self.parameters():
-            if p.grad is not None:
-                p.grad.mul_(1.5)
-        return res
-
-    monkeypatch.setattr(cls, "step", scaled)
+    scale_updates(monkeypatch, "lra_e", 1.5)  # what the rule computes changes
     monkeypatch.setattr(store, "_PROBES", {})
     assert p1_longer._retrained_elsewhere(ctx, "x", 2, views, cfgs) == {}

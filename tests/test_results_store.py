@@ -18,13 +18,13 @@ import pytest
 
 from biograd import runlock
 from biograd.cli import main
-from biograd.core.registry import rule_info
 from biograd.experiments import jobs, status, store
 from biograd.experiments import reproduce as grid
 from biograd.experiments.paper_report import Context
 from biograd.experiments.summary import settle_reports, update_readme_summary
 from biograd.papers import check, reproduce
 from biograd.runner.yamlio import read_yaml
+from tests.conftest import scale_updates
 
 PAPER = "p3-weight-transport"
 ARMS = ("backprop", "feedback_alignment", "sign_symmetry", "weight_mirror", "kolen_pollack")
@@ -96,17 +96,7 @@ def _change_rule(monkeypatch, rule: str, module: str = "biograd.rules.x",
                         lambda r: {**real(r), module: value} if r == rule else real(r))
     monkeypatch.setattr(store, "_PROBES", {})  # probes of this test's code only
     if updates:
-        cls = rule_info(rule).cls
-        step = cls.step
-
-        def scaled(self, x, y):
-            res = step(self, x, y)
-            for p in self.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(1.5)
-            return res
-
-        monkeypatch.setattr(cls, "step", scaled)
+        scale_updates(monkeypatch, rule, 1.5)
 
 
 @pytest.fixture

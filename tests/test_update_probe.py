@@ -10,9 +10,9 @@ import copy
 
 import pytest
 
-from biograd.core.registry import rule_info
 from biograd.experiments import update_probe as up
 from biograd.runner.config import Config
+from tests.conftest import scale_updates
 
 BASE = dict(dataset="synthetic", dataset_args={"n": 32, "input_shape": [1, 6, 6],
                                                "num_classes": 3},
@@ -42,17 +42,7 @@ def test_what_the_run_computes_changes_the_probe(monkeypatch) -> None:
     assert "float64" in up.difference(base, up.probe(_cfg("feedback_alignment", seed=1)))
     assert up.difference(base, up.probe(_cfg("feedback_alignment", lr=0.051))) is not None
     assert up.difference(base, up.probe(_cfg("backprop"))) is not None  # B != W^T
-    cls = rule_info("feedback_alignment").cls
-    step = cls.step
-
-    def nudged(self, x, y):  # one part in a million more on every update
-        res = step(self, x, y)
-        for p in self.parameters():
-            if p.grad is not None:
-                p.grad.mul_(1 + 1e-6)
-        return res
-
-    monkeypatch.setattr(cls, "step", nudged)
+    scale_updates(monkeypatch, "feedback_alignment", 1 + 1e-6)  # one part in a million
     got = up.difference(base, up.probe(_cfg("feedback_alignment")))
     assert got is not None and got.startswith("float64: ")  # far above float64's tolerance
 

@@ -38,7 +38,7 @@ from biograd.runner.config import Config
 
 def _retrained_elsewhere(ctx: Context, name: str, factor: int,
                          runs: dict[str, dict[str, Any]],
-                         configs: dict[str, Config] | None = None) -> dict[str, dict[str, Any]]:
+                         configs: dict[str, Config]) -> dict[str, dict[str, Any]]:
     """``{label: stored run}`` for the runs of ``runs`` (label -> config view) that another
     stored retrain measurement of this paper holds with the same factor and config, trained
     with the current code of the run's rule or with code whose update probe equals the
@@ -63,7 +63,7 @@ def _retrained_elsewhere(ctx: Context, name: str, factor: int,
             rule = view.get("rule")
             same_code = (stored.get("code") or {}).get(rule) == store.code_hash(
                 store.code_files(rule))
-            cfg = (configs or {}).get(label)
+            cfg = configs.get(label)
             if not same_code and (cfg is None or not same_probes(stored.get("probes"), [cfg])):
                 continue
             if run.get("status") in FINISHED:
