@@ -34,6 +34,7 @@ from biograd.experiments.paper_report import (
     num,
     verdict_of,
 )
+from biograd.papers import p1_eqprop
 from biograd.papers.p1_longer import backprop_check, gap_check, longer_check
 
 ALTERNATIVES_OF_INTEREST = ("lra_e", "dtp_sigma")  # roles (rules) of the arms
@@ -149,7 +150,7 @@ def report(ctx: Context) -> Section:
             row.append("-" if m != m else (f"{m:.4f} ± {s:.4f}" if s == s else f"{m:.4f}"))
         lines.append(f"| {arm} | " + " | ".join(row) + " |")
     lines += ["", _diverged_table(ctx, order, arms), "", _plot(ctx, datasets, arms), "",
-              *cost_table(ctx, order, arms)]
+              *cost_table(ctx, order, arms), "", *p1_eqprop.section(ctx)[0]]
     claims = _claims(ctx, order, arms, best)
     lra_arm = ctx.arm("lra_e")
     ok = [e for e in order if ctx.untestable(e, arms, min_seeds(ctx)) is None]
