@@ -286,6 +286,24 @@ def test_time_limit_stops_after_the_current_step(tmp_path: Path) -> None:
         read_rows(tmp_path / "r" / "metrics.csv")[0]["seconds"] * 6)
 
 
+def test_stop_after_epochs_trains_the_start_of_the_longer_schedule(tmp_path: Path) -> None:
+    extra = ("--momentum=0.9", "--scheduler=cosine", "--epochs=3")
+    full = train(_cfg(tmp_path, *extra, "--run_name=full"))
+    start = train(_cfg(tmp_path, *extra, "--stop_after_epochs=1", "--run_name=start"))
+    short = train(_cfg(tmp_path, "--momentum=0.9", "--scheduler=cosine", "--epochs=1",
+                       "--run_name=short"))
+    assert start["truncated"] is True and start["epochs_completed"] == 1
+    assert full["truncated"] is False and start["steps"] == short["steps"] == 6
+    rows = {n: read_rows(tmp_path / n / "metrics.csv") for n in ("full", "start", "short")}
+    assert len(rows["start"]) == 1
+    # epoch 1 of the 3-epoch cosine (lr 0.05 (1 + cos(pi / 3)) / 2 after it), not a 1-epoch one
+    assert rows["start"][0] == {**rows["full"][0], "seconds": rows["start"][0]["seconds"]}
+    assert rows["start"][0]["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi / 3)) / 2)
+    assert rows["short"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ConfigError, match="stop_after_epochs"):
+        _cfg(tmp_path, "--stop_after_epochs=0")
+
+
 def test_tensorboard_requested_without_the_package(tmp_path: Path) -> None:
     try:
         import tensorboard  # noqa: F401

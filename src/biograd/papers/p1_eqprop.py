@@ -8,14 +8,15 @@ residual it logs (``max |dE/ds|`` where the free relaxation stops) grows to 2-4 
 training: the free phase no longer reaches its fixed point, so the contrastive update is no
 longer the gradient it estimates. Two causes fit that record: the relaxation is too short
 for a deeper net, or the weights the optimizer's step drives them to make the dynamics
-stiff. The probe retrains EqProp from the run's own initialisation and data order for a few
-epochs (Adam's step decayed to zero over them, as the runs do over theirs) with the run's
-settings and with one setting changed per arm, and records the test accuracy and the
-free-phase residual after every epoch.
+stiff. The probe retrains the first few epochs of the run (its initialisation, data order and
+schedule: Adam's step on its cosine over all the run's epochs, ``stop_after_epochs``) with the
+run's settings, which repeats the stored run's start, and with one setting changed per arm,
+and records the test accuracy and the free-phase residual after every epoch.
 
 Settings (``settings.eqprop_depth`` of the preset's budget): ``experiments`` (list), ``seeds``
-(list), ``epochs`` and ``arms``, a list of ``{name, lr, rule_args}`` (``lr`` defaults to the
-run's, ``rule_args`` are added to the run's; an arm without either is the run's own).
+(list), ``epochs`` (how many of the run's epochs) and ``arms``, a list of
+``{name, lr, rule_args}`` (``lr`` defaults to the run's, ``rule_args`` are added to the
+run's; an arm without either is the run's own).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _settings(ctx: Context) -> dict[str, Any] | None:
 
 
 def _arm_config(base: Config, arm: dict[str, Any], epochs: int, out: str) -> Config:
-    return base.replace(epochs=epochs, out_dir=out, alignment_every=0,
+    return base.replace(stop_after_epochs=epochs, out_dir=out, alignment_every=0,
                         lr=float(arm.get("lr", base.lr)),
                         rule_args={**base.rule_args, **(arm.get("rule_args") or {})},
                         run_name=f"{base.run_name}-{arm['name']}".replace(" ", "_")
@@ -117,7 +118,10 @@ def probes(ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]] | None] |
                       rules=[RULE], configs=[cfg for _, _, cfg in jobs])
     info = {"experiments": list(dict.fromkeys(s.experiment for s in specs)), "seeds": seeds,
             "epochs": epochs, "arms": [a["name"] for a in st["arms"]],
-            "own": specs[0].config}
+            "own": specs[0].config,
+            "stored": {(s.experiment, s.seed): _epochs(Path(s.config.out_dir)
+                                                       / str(s.config.run_name))[:epochs]
+                       for s in specs}}
     return info, got.get("runs") if got else None
 
 
@@ -141,10 +145,11 @@ def section(ctx: Context) -> tuple[list[str], str | None]:
     lines = ["## Equilibrium propagation at depth: what its failure is", "",
              "EqProp ends near chance in the deeper cells, and the free-phase residual it logs "
              "(max |dE/ds| where the free relaxation stops; 0 at a fixed point) grows during "
-             "training. Probe (biograd.papers.p1_eqprop): EqProp retrained from the run's "
-             f"initialisation and data order for {info['epochs']} epochs (Adam's step decayed "
-             "to zero over them), with the run's settings (Adam "
-             f"{own.lr:g}, the rule's defaults) and with one setting changed per arm; seeds "
+             "training. Probe (biograd.papers.p1_eqprop): the first "
+             f"{info['epochs']} epochs of the run retrained (its initialisation, data order "
+             f"and schedule: Adam {own.lr:g} on a cosine over its {own.epochs} epochs), with "
+             "the run's settings (the rule's defaults; the stored run's same epochs beside "
+             "them) and with one setting changed per arm; seeds "
              f"{', '.join(map(str, info['seeds']))}. Each cell: test accuracy after each "
              "epoch, and the free-phase residual.", ""]
     if runs is None:
@@ -153,6 +158,10 @@ def section(ctx: Context) -> tuple[list[str], str | None]:
     lines += ["| experiment | arm | seed | test accuracy % per epoch (free-phase residual) |",
               "| --- | --- | ---: | --- |"]
     for r in runs:
+        stored = info["stored"].get((r["experiment"], r["seed"]))
+        if r["arm"] == info["arms"][0] and stored:
+            lines.append(f"| {r['experiment']} | the stored run | {r['seed']} | "
+                         f"{_cell({'epochs': stored})} |")
         lines.append(f"| {r['experiment']} | {r['arm']} | {r['seed']} | {_cell(r)} |")
     found = finding(info, runs)
     if found:

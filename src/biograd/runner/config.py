@@ -27,7 +27,7 @@ LEGACY_KEYS = ("rules", "seeds", "rule_args_per_rule", "config_per_rule", "cost_
 #: keys added to :class:`Config` after results were first stored: a stored config or
 #: measurement key without one meant its default, so they enter keys and hashes only when set
 #: to something else (:func:`keyed`), and stored results stay current
-ADDED_KEYS = ("warmup_steps",)
+ADDED_KEYS = ("warmup_steps", "stop_after_epochs")
 SCHEDULERS = ("none", "cosine")
 
 
@@ -78,6 +78,10 @@ class Config:
     keep_checkpoints: int = 2
     max_loss: float = 1e4
     time_limit: float | None = None
+    #: end the run after this many epochs of its schedule (a cosine schedule still spans
+    #: ``epochs``; the summary says ``truncated``): the start of a longer run, e.g. a probe
+    #: of its first epochs; null: train every epoch
+    stop_after_epochs: int | None = None
     tensorboard: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,6 +159,8 @@ def _check_range(cfg: Config) -> None:
                 "warmup_steps"):
         if getattr(cfg, key) < 0:
             raise bad(key, ">= 0")
+    if cfg.stop_after_epochs is not None and cfg.stop_after_epochs < 1:
+        raise bad("stop_after_epochs", ">= 1 (or null)")
     for key in ("feedback_weight_decay", "feedback_epochs", "extra_feedback_epochs"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 0:
             raise bad(key, ">= 0 (or null)")

@@ -269,6 +269,8 @@ def _train(cfg: Config, ddp: Dist, *, overwrite: bool, resume: bool) -> dict[str
                                    opt.param_groups[0]["lr"]))
         if not cut:
             run.checkpoint(epoch + 1, 0, {})
+        if cfg.stop_after_epochs is not None and cfg.stop_after_epochs <= epoch + 1 < cfg.epochs:
+            run.truncated = True
         if run.truncated:
             break
 
