@@ -83,6 +83,19 @@ def test_an_arm_rescues_a_cell_only_when_every_seed_beats_the_own_settings() -> 
             _run("d5", "long", 0, 0.80), _run("d5", "long", 1, 0.45)]  # +50 and +5 points
     text = p1_eqprop.finding(info, runs)
     assert text is not None
-    assert "d5: with the run's settings 35.0 % after 1 epochs" in text
-    assert "rescued by small step 92.5 %; not by long 62.5 %" in text
+    assert "d5: with the run's settings 35.0 % (residual 0.10) after 1 epochs" in text
+    assert ("rescued by small step 92.5 % (residual 0.10); not by long 62.5 % (residual "
+            "0.10)") in text
     assert p1_eqprop.finding(info, [r for r in runs if r["arm"] != "own"]) is None
+
+
+def test_a_retrain_far_from_the_stored_run_is_reported_as_not_repeating_it() -> None:
+    info = {"arms": ["own", "small step"],
+            "stored": {("d5", 0): [{"test_acc": 0.39, "train_loss": 1.2, "residual": 1.6}],
+                       ("d5", 1): [{"test_acc": 0.80, "train_loss": 0.6, "residual": 1.5}]}}
+    runs = [_run("d5", "own", 0, 0.82), _run("d5", "own", 1, 0.85),
+            _run("d5", "small step", 0, 0.10)]
+    note = p1_eqprop._repeat_note(info, runs)
+    assert note is not None and "d5 seed 0: 39.0 % stored, 82.0 % retrained after epoch 1" in note
+    assert "seed 1" not in note  # 5 points apart: within RESCUE_POINTS
+    assert p1_eqprop._repeat_note(info, runs[1:]) is None
