@@ -120,6 +120,7 @@ def probes(ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]] | None] |
     info = {"experiments": list(dict.fromkeys(s.experiment for s in specs)), "seeds": seeds,
             "epochs": epochs, "arms": [a["name"] for a in st["arms"]],
             "own": specs[0].config,
+            "run_epochs": {s.experiment: s.config.epochs for s in specs},
             "stored": {(s.experiment, s.seed): _epochs(Path(s.config.out_dir)
                                                        / str(s.config.run_name))[:epochs]
                        for s in specs}}
@@ -148,7 +149,8 @@ def section(ctx: Context) -> tuple[list[str], str | None]:
              "(max |dE/ds| where the free relaxation stops; 0 at a fixed point) grows during "
              "training. Probe (biograd.papers.p1_eqprop): the first "
              f"{info['epochs']} epochs of the run retrained (its initialisation, data order "
-             f"and schedule: Adam {own.lr:g} on a cosine over its {own.epochs} epochs), with "
+             f"and schedule: Adam {own.lr:g} on a cosine over all its epochs, "
+             + ", ".join(f"{n} at {e}" for e, n in info["run_epochs"].items()) + "), with "
              "the run's settings (the rule's defaults; the stored run's same epochs beside "
              "them) and with one setting changed per arm; seeds "
              f"{', '.join(map(str, info['seeds']))}. Each cell: test accuracy after each "
@@ -230,5 +232,7 @@ def finding(info: dict[str, Any], runs: list[dict[str, Any]]) -> str | None:
                      f"{', '.join(rescued) or 'no arm'}"
                      + (f"; not by {', '.join(not_rescued)}" if not_rescued else ""))
     return ("; ".join(parts) + f" (rescued: more than {RESCUE_POINTS:g} points above the run's "
-            "settings in every seed). This measures EqProp under P1's shared optimizer "
-            "setting, not the budget: see the section 'Equilibrium propagation at depth'.")
+            f"settings in every seed). The failure shows within the runs' first "
+            f"{info['epochs']} epochs, so it is not the budget's: an arm that rescues a cell "
+            "names a cause of it under P1's shared protocol (one optimizer setting for every "
+            "rule), a finding about EqProp there, not about biograd's budget.")
