@@ -21,7 +21,6 @@ run's; an arm without either is the run's own).
 
 from __future__ import annotations
 
-import csv
 import json
 import tempfile
 from pathlib import Path
@@ -30,7 +29,9 @@ from typing import Any
 from biograd.core.errors import ConfigError
 from biograd.experiments.jobs import run_all
 from biograd.experiments.paper_report import Context
+from biograd.rundir import read_rows
 from biograd.runner.config import Config
+from biograd.runner.train import run_dir_of
 
 RULE = "equilibrium_prop"
 #: the metrics.csv column of the free phase's residual (:mod:`biograd.rules.equilibrium_prop`)
@@ -60,8 +61,8 @@ def _settings(ctx: Context) -> dict[str, Any] | None:
     return st
 
 
-def _arm_config(base: Config, arm: dict[str, Any], epochs: int, out: str) -> Config:
-    return base.replace(stop_after_epochs=epochs, out_dir=out, alignment_every=0,
+def _arm_config(base: Config, arm: dict[str, Any], epochs: int) -> Config:
+    return base.replace(stop_after_epochs=epochs, alignment_every=0,
                         lr=float(arm.get("lr", base.lr)),
                         rule_args={**base.rule_args, **(arm.get("rule_args") or {})},
                         run_name=f"{base.run_name}-{arm['name']}".replace(" ", "_")
@@ -70,14 +71,9 @@ def _arm_config(base: Config, arm: dict[str, Any], epochs: int, out: str) -> Con
 
 def _epochs(run_dir: Path) -> list[dict[str, float]]:
     """Test accuracy, training loss and free-phase residual after each epoch of a run."""
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        rows = [r for r in csv.DictReader(f) if r.get("test_acc")]
-    return [{"test_acc": float(r["test_acc"]), "train_loss": float(r["train_loss"]),
-             "residual": float(r[RESIDUAL]) if r.get(RESIDUAL) else float("nan")}
-            for r in rows]
+    return [{"test_acc": r["test_acc"], "train_loss": r["train_loss"],
+             "residual": float("nan") if r.get(RESIDUAL) is None else r[RESIDUAL]}
+            for r in read_rows(run_dir / "metrics.csv") if r.get("test_acc") is not None]
 
 
 def probes(ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]] | None] | None:
@@ -95,7 +91,7 @@ def probes(ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]] | None] |
     if not specs:
         raise ConfigError("settings.eqprop_depth: no equilibrium_prop run in its experiments "
                           "and seeds")
-    jobs = [(s, arm, _arm_config(s.config, arm, epochs, "")) for s in specs
+    jobs = [(s, arm, _arm_config(s.config, arm, epochs)) for s in specs
             for arm in st["arms"]]
     key = {"epochs": epochs, "arms": st["arms"],
            "runs": {f"{s.experiment}/{cfg.run_name}": {
@@ -112,7 +108,7 @@ def probes(ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]] | None] |
             return {"runs": [
                 {"experiment": s.experiment, "arm": arm["name"], "seed": s.seed,
                  "status": summary.get("status"), "wall_seconds": round(seconds, 1),
-                 "epochs": _epochs(Path(sub.out_dir) / sub.run_name)}
+                 "epochs": _epochs(run_dir_of(sub))}
                 for (s, arm, _), sub, (summary, seconds) in zip(jobs, subs, done, strict=True)]}
 
     got = ctx.measure("eqprop-depth", compute, key=json.loads(json.dumps(key, default=str)),
@@ -121,8 +117,7 @@ def probes(ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]] | None] |
             "epochs": epochs, "arms": [a["name"] for a in st["arms"]],
             "own": specs[0].config,
             "run_epochs": {s.experiment: s.config.epochs for s in specs},
-            "stored": {(s.experiment, s.seed): _epochs(Path(s.config.out_dir)
-                                                       / str(s.config.run_name))[:epochs]
+            "stored": {(s.experiment, s.seed): _epochs(run_dir_of(s.config))[:epochs]
                        for s in specs}}
     return info, got.get("runs") if got else None
 
