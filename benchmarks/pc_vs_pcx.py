@@ -10,11 +10,13 @@ AdamW on the weights (lr 2.97e-4, weight decay 3.55e-4, optax's warmup-cosine sc
 10 % linear warm-up to 1.1 lr, cosine decay to 0.1 lr over the run), gradients of the summed
 per-sample energy scaled by 1 / batch.
 
-biograd runs the same algorithm: ``predictive_coding(loss="mse", T=5, gamma=0.0105,
-momentum=0.65, nodes="blocks", beta=128)``. biograd's energy is ``sum_b sum_l 1/2 ||e_l||^2 +
-beta * L`` with ``L`` the batch *mean* of 1/2 ||mu_out - onehot(y)||^2, so beta = batch size
-gives PCX's per-sample energy (output clamped, beta = 1), and biograd's update dF/dtheta / beta
-is PCX's dE/dtheta / batch. The same torch tensors from ``biograd.data.load("mnist")``, the same
+biograd runs the same algorithm: ``predictive_coding(loss="mse", T=5, gamma=0.0105, momentum=0.65,
+nodes="blocks", beta=128)``, eager (row ``biograd``) and with ``compile=True`` (row
+``biograd-compiled``: the whole step compiled by ``torch.compile``, as PCX's step is compiled by
+XLA; the first epoch of both includes compilation). biograd's energy is ``sum_b sum_l 1/2 ||e_l||^2
++ beta * L`` with ``L`` the batch *mean* of 1/2 ||mu_out - onehot(y)||^2, so beta = batch size
+gives PCX's per-sample energy (output clamped, beta = 1), and biograd's update dF/dtheta / beta is
+PCX's dE/dtheta / batch. The same torch tensors from ``biograd.data.load("mnist")``, the same
 shuffling and the same epochs feed both; each library runs in its own process (interleaved
 repeats), pinned to 2 CPUs with 2 threads: ``torch.set_num_threads(2)`` for torch, and for XLA
 ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2"`` plus the
@@ -46,6 +48,7 @@ import subprocess
 import sys
 import time
 
+LIBS = ("pcx", "biograd", "biograd-compiled")
 THREADS = int(os.environ.get("PC_VS_PCX_THREADS", "2"))
 HP = {"T": 5, "batch": 128, "x_lr": 0.010534787245955935, "x_momentum": 0.65,
       "w_lr": 0.0002968930522737348, "w_wd": 0.0003550241114984682, "hidden": 128, "layers": 4}
@@ -86,7 +89,7 @@ def _batches(n: int, epoch: int, seed: int):
     return [perm[i: i + b] for i in range(0, n - b + 1, b)]
 
 
-def run_biograd(epochs: int, seed: int) -> dict:
+def run_biograd(epochs: int, seed: int, compiled: bool = False) -> dict:
     import torch
     from torch import nn
 
@@ -100,7 +103,7 @@ def run_biograd(epochs: int, seed: int) -> dict:
             model[i] = nn.GELU(approximate="tanh")  # jax.nn.gelu's default
     rule = biograd.create_rule("predictive_coding", model, loss="mse", T=HP["T"],
                                gamma=HP["x_lr"], momentum=HP["x_momentum"], nodes="blocks",
-                               beta=float(HP["batch"]))
+                               beta=float(HP["batch"]), compile=compiled)
     opt = torch.optim.AdamW(rule.parameters(), lr=HP["w_lr"], weight_decay=HP["w_wd"],
                             fused=True)  # torch's one-kernel AdamW (optax's is XLA-fused)
     total = (len(xtr) // HP["batch"]) * epochs
@@ -117,7 +120,7 @@ def run_biograd(epochs: int, seed: int) -> dict:
         secs.append(time.perf_counter() - t0)
         with torch.no_grad():
             accs.append(float((model(xte).argmax(1) == yte).float().mean()) * 100)
-    return {"lib": "biograd", "secs": secs, "acc": accs}
+    return {"lib": "biograd-compiled" if compiled else "biograd", "secs": secs, "acc": accs}
 
 
 def run_pcx(epochs: int, seed: int) -> dict:
@@ -237,20 +240,22 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--child", choices=["pcx", "biograd"])
+    ap.add_argument("--child", choices=LIBS)
     ap.add_argument("--threads", type=int, default=THREADS, help="threads per library (2)")
     args = ap.parse_args()
     os.environ["PC_VS_PCX_THREADS"] = str(args.threads)
     if args.child:
         _pin(args.threads)
-        fn = run_pcx if args.child == "pcx" else run_biograd
-        print(json.dumps(fn(args.epochs, args.seed)))
+        if args.child == "pcx":
+            print(json.dumps(run_pcx(args.epochs, args.seed)))
+        else:
+            print(json.dumps(run_biograd(args.epochs, args.seed, args.child != "biograd")))
         return
     try:
         import pcx  # noqa: F401
-        libs = ["pcx", "biograd"]
+        libs = list(LIBS)
     except ImportError:
-        libs = ["biograd"]
+        libs = LIBS[1:]
         print("PCX is not importable here: biograd row only (see the docstring to install it)")
     rows = []
     for r in range(args.repeats):
@@ -262,14 +267,14 @@ def main() -> None:
     print(f"\nMNIST MLP 784-128x3-10 GELU, batch {HP['batch']}, T={HP['T']}, "
           f"{args.epochs} epochs, {args.threads} threads, {args.repeats} repeats (seeds "
           f"{args.seed}..{args.seed + args.repeats - 1})")
-    print(f"{'library':8s} {'repeat':>6s} " + " ".join(
+    print(f"{'library':16s} {'repeat':>6s} " + " ".join(
         f"{'s/ep' + str(e + 1):>8s}" for e in range(args.epochs))
         + f" {'test acc %':>10s}")
     for res in rows:
         if "error" in res:
-            print(f"{res['lib']:8s} {res['repeat']:6d} failed: {res['error']}")
+            print(f"{res['lib']:16s} {res['repeat']:6d} failed: {res['error']}")
             continue
-        print(f"{res['lib']:8s} {res['repeat']:6d} " + " ".join(f"{s:8.2f}" for s in res["secs"])
+        print(f"{res['lib']:16s} {res['repeat']:6d} " + " ".join(f"{s:8.2f}" for s in res["secs"])
               + f" {res['acc'][-1]:10.2f}")
 
 

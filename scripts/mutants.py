@@ -326,6 +326,21 @@ MUTANTS += group(O + "pc_stacked.py", PC, [  # the stacked uniform-width chain
      "gw = torch.bmm(d.transpose(1, 2), state[:-1]).mul_(-scale)",
      "gw = torch.bmm(d.transpose(1, 2), state[:-1]).mul_(scale)"),
 ])
+MUTANTS += group(O + "pc_compiled.py", sel(["tests/test_pc_compiled.py"]), [  # compiled step
+    ("pc compiled: momentum dropped", "dropped factor", CORE,
+     "vel = delta if vel is None else delta + momentum * vel", "vel = delta"),
+    ("pc compiled: state update error sign", "flipped sign", CORE,
+     "parts = [torch.bmm(d, w[lo:]) - e[lo:-1],", "parts = [torch.bmm(d, w[lo:]) + e[lo:-1],"),
+    ("pc compiled: a moved node treated as unmoved", "wrong operand", CORE,
+     "return 0 if noise is not None else max(n - t, 0)",
+     "return 0 if noise is not None else max(n - t, 1)"),
+    ("pc compiled: 1/beta dropped", "dropped factor", CORE,
+     "s = -1.0 / beta", "s = -1.0"),
+    ("pc compiled: mse output error sign", "flipped sign", CORE,
+     "diff = target - mu", "diff = mu - target"),
+    ("pc compiled: start noise ignored", "skipped update", CORE,
+     "state = state + noise", "state = state"),
+])
 MUTANTS += group(O + "pc_chain.py", PC, [  # the chain's closed-form energy gradients
     ("pc chain: state update error sign", "flipped sign", CORE,
      "torch.addmm(e, d, layer.weight, beta=-1)", "torch.addmm(e, d, layer.weight, beta=1)"),

@@ -19,6 +19,9 @@ Switches (defaults = the papers' algorithm): ``momentum`` > 0 relaxes with SGD +
 :mod:`biograd.ops.pc_chain` (no autograd per step; same energy and the same dynamics as the
 graph implementation, which ``fast_path=False`` forces); a ``blocks`` chain whose hidden layers
 share one width runs every layer of a step in one batched call (:mod:`biograd.ops.pc_stacked`).
+``compile=True`` runs that stacked path's whole step (relaxation and updates) as one function
+compiled by ``torch.compile`` (:mod:`biograd.ops.pc_compiled`: the same algorithm, its
+elementwise work fused; the first batch of each shape compiles, seconds to tens of seconds).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from biograd.core import checks
+from biograd.core import checks, losses
 from biograd.core.errors import ConfigError, UnsupportedModelError, unknown_name
 from biograd.core.losses import LossFn
 from biograd.core.registry import register_rule
@@ -36,7 +39,8 @@ from biograd.graph.cache import GraphCache
 from biograd.graph.capture import PCGraph
 from biograd.graph.inference import PCInference
 from biograd.ops.pc_chain import LAYOUTS, ChainInference, chain_stages
-from biograd.ops.pc_stacked import StackedChain, stackable
+from biograd.ops.pc_compiled import StepFn, compiled_step
+from biograd.ops.pc_stacked import StackedChain, saved_activation, stackable
 
 
 @register_rule(
@@ -62,6 +66,7 @@ class PredictiveCoding(LearningRule):
         momentum: float = 0.0,
         nodes: str = "graph",
         fast_path: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__(model, loss)
         self.T = checks.positive_int(self.name, "T", T, allow_zero=True)
@@ -86,6 +91,21 @@ class PredictiveCoding(LearningRule):
                 f"rule {self.name!r}: nodes='blocks' needs an nn.Sequential of (Flatten) Linear "
                 "layers and tanh/sigmoid/relu/leaky_relu/gelu activations with fast_path=True; use "
                 "nodes='graph' for other models.")
+        self.compile = checks.flag(self.name, "compile", compile)
+        self._compiled: tuple[tuple[float, ...], StepFn] | None = None
+        if self.compile:
+            self._check_compilable()
+
+    def _check_compilable(self) -> None:
+        if not self._stacked:
+            raise UnsupportedModelError(
+                f"rule {self.name!r}: compile=True runs the stacked chain path only: "
+                "nodes='blocks' (with fast_path=True) on an nn.Sequential of Linear -> "
+                "activation blocks whose hidden layers share one width (at least two), ending "
+                "with a Linear; use compile=False for other models.")
+        if self.loss_fn not in (losses.mse, losses.cross_entropy):
+            raise ConfigError(f"rule {self.name!r}: compile=True supports loss='mse' or "
+                              "'cross_entropy'; use compile=False for a custom loss.")
 
     def graph(self, x: Tensor) -> PCGraph:
         """The captured graph (levelled with identity vertices if ``levelling``)."""
@@ -141,6 +161,8 @@ class PredictiveCoding(LearningRule):
     def _chain_step(self, x: Tensor, y: Tensor) -> StepResult:
         """The same step on a chain, in closed form (:mod:`biograd.ops.pc_chain`)."""
         assert self._stages is not None
+        if self.compile:
+            return self._compiled_step(x, y)
         chain = StackedChain if self._stacked else ChainInference
         inf = chain(self._stages, x, y, self.loss_fn, beta=self.beta)
         self.check_labels(inf.output, y)
@@ -152,7 +174,45 @@ class PredictiveCoding(LearningRule):
         loss = self.loss_fn(inf.output, y)
         return StepResult(float(loss), inf.output, metrics)
 
+    def _compiled_step(self, x: Tensor, y: Tensor) -> StepResult:
+        """The stacked chain's step as one compiled function (:mod:`biograd.ops.pc_compiled`)."""
+        assert self._stages is not None
+        first, mids, last = self._stages[0], self._stages[1:-1], self._stages[-1]
+        assert first.layer is not None and last.layer is not None
+        key = (self.T, self.gamma, self.momentum, self.beta)
+        if self._compiled is None or self._compiled[0] != key:  # hyper-parameters are baked in
+            self._compiled = key, compiled_step(
+                saved_activation(first), saved_activation(mids[0]), self.loss_fn, T=self.T,
+                gamma=self.gamma, momentum=self.momentum, beta=self.beta)
+        with torch.no_grad():
+            x0 = x.flatten(1) if x.dim() > 2 else x
+            shape = (x0.shape[0], last.layer.out_features)
+            self.check_labels(x0.new_empty(shape), y)
+            noise = None
+            if self.init_noise > 0:
+                noise = self.init_noise * self._noise(x0.new_empty((len(mids) + 1, shape[0],
+                                                                     first.layer.out_features)))
+            out, trace, *grads = self._compiled[1](
+                x0, y, first.layer.weight, first.layer.bias,
+                [m.layer.weight for m in mids],  # type: ignore[union-attr]
+                [m.layer.bias for m in mids],  # type: ignore[union-attr]
+                last.layer.weight, last.layer.bias, noise)
+        gw1, gb1, gw, gb, gwo, gbo = grads
+        params = [(first.layer.weight, gw1), (first.layer.bias, gb1)]
+        for j, m in enumerate(mids):
+            assert m.layer is not None
+            params += [(m.layer.weight, gw[j]), (m.layer.bias, gb[j])]
+        params += [(last.layer.weight, gwo), (last.layer.bias, gbo)]
+        for p, g in params:
+            if p is not None and g is not None:
+                self._write_owned(p, g)
+        *energies, final, loss = trace.tolist()
+        metrics = {f"energy_{t}": e for t, e in enumerate(energies)}
+        metrics["energy_final"] = final
+        return StepResult(loss, out, metrics)
+
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, T={self.T}, gamma={self.gamma}, beta={self.beta}, "
                 f"init_noise={self.init_noise}, levelling={self.levelling}, "
-                f"momentum={self.momentum}, nodes={self.nodes!r}, fast_path={self.fast_path}")
+                f"momentum={self.momentum}, nodes={self.nodes!r}, fast_path={self.fast_path}, "
+                f"compile={self.compile}")
