@@ -91,6 +91,8 @@ MUTANTS += group(R + "sign_symmetry.py", sel(BACKWARD, "sign_symmetry"), [
      "wt = layer.handler.transposed_weight(layer.module)", "wt = layer.module.weight"),
     ("sign_symmetry: sign flipped", "flipped sign", CORE,
      "torch.sign(wt, out=buf)", "torch.sign(wt, out=buf).neg_()"),
+    ("sign_symmetry: unit gain dropped", "dropped factor", CORE,
+     "return sign_wt.mul_(rule.gains[layer.key]), 1.0", "return sign_wt, 1.0"),
 ])
 MUTANTS += group(R + "weight_mirror.py", sel(BACKWARD, "weight_mirror"), [
     ("weight mirror: unused B mirrored anyway", "skipped check", AUX,

@@ -9,6 +9,7 @@ from torch import nn
 
 import biograd
 from biograd.metrics.alignment import backprop_gradients, feedback_alignment_angles
+from biograd.rules.feedback_alignment import FeedbackAlignment
 from tests.conftest import make_model
 
 FAMILY = [
@@ -175,6 +176,39 @@ def test_sign_symmetry_equals_fa_with_b_set_to_the_signs(
         torch.testing.assert_close(p.grad, p2.grad, msg=n)
     if input_grad:
         torch.testing.assert_close(x1.grad, x2.grad)
+
+
+class _HalvedFeedback(FeedbackAlignment):
+    """FA whose ``scaled_feedback`` hook returns ``(B, 0.5)``: the backward must multiply by
+    ``0.5 B`` (the hook's contract; no built-in rule passes a scale other than 1 any more)."""
+
+    def scaled_feedback(self, layer):  # type: ignore[no-untyped-def]
+        return self.feedback.get(layer.key), 0.5
+
+
+@pytest.mark.parametrize("swap", [True, False])
+@pytest.mark.parametrize("kind", ["cnn", "mlp", "graph"])
+def test_scaled_feedback_hook_scales_the_input_gradient(kind: str, swap: bool) -> None:
+    """A rule's ``scaled_feedback`` ``(T, s)`` gives exactly FA's step with ``B = s T`` (float64;
+    the feedback ops apply ``s`` to the input gradient, on the 2-D Linear fast path and the
+    generic op alike), with or without the weight swap enabled (a scale is never swapped)."""
+    model, x, y = make_model(kind)
+    model.double()
+    x1 = x.double().requires_grad_(True)
+    rule = _HalvedFeedback(model)
+    rule.swap_weights = swap
+    model2, _, _ = make_model(kind)
+    model2.double()
+    x2 = x.double().requires_grad_(True)
+    fa = biograd.create_rule("feedback_alignment", model2)
+    with torch.no_grad():
+        for layer, layer2 in zip(rule.layers, fa.layers, strict=True):
+            fa.feedback.get(layer2.key).copy_(0.5 * rule.feedback.get(layer.key))
+    rule.step(x1, y)
+    fa.step(x2, y)
+    for (n, p), p2 in zip(model.named_parameters(), model2.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, p2.grad, msg=n, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-12, atol=1e-14)
 
 
 def test_sign_symmetry_random_magnitudes_are_fixed_and_carry_the_signs() -> None:

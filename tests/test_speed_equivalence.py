@@ -342,14 +342,13 @@ def _count_swaps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_plain_layers_with_fixed_feedback_take_the_swap(monkeypatch: pytest.MonkeyPatch) -> None:
-    """FA, weight mirror and sign symmetry with random magnitudes swap on the layers after the
-    data layer; DFA (its input gradient is no layer's B), Kolen-Pollack (B's own gradient comes
-    from the op) and sign symmetry's gain (a scale of the input gradient) use the feedback
-    ops."""
+    """FA, weight mirror and sign symmetry (both magnitudes: the unit gain is in B itself) swap
+    on the layers after the data layer; DFA (its input gradient is no layer's B) and
+    Kolen-Pollack (B's own gradient comes from the op) use the feedback ops."""
     served = _count_swaps(monkeypatch)
     for name, hparams, swaps in [
         ("feedback_alignment", {}, 2), ("weight_mirror", {}, 2),
-        ("sign_symmetry", {"magnitudes": "random"}, 2), ("sign_symmetry", {}, 0),
+        ("sign_symmetry", {"magnitudes": "random"}, 2), ("sign_symmetry", {}, 2),
         ("direct_feedback_alignment", {}, 0), ("kolen_pollack", {}, 0),
     ]:
         served[:] = [0, 0]

@@ -293,7 +293,8 @@ class FeedbackFunction(torch.autograd.Function):
     through ``scale * feedback`` (or ``direct``'s ``B e_L``), and, when ``feedback`` requires
     grad (Kolen-Pollack) and the input needs one (else B carries no error), a feedback gradient
     equal to the weight gradient transposed.
-    (``scale`` lets sign symmetry pass sign(W) and its gain without a scaled copy of W.)"""
+    (``scale``: what a rule's ``scaled_feedback`` hook returns beside ``T``, ``B = scale * T``;
+    applied to the input gradient. The built-in rules pass 1.)"""
 
     @staticmethod
     def forward(  # type: ignore[override]

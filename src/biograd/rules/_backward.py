@@ -179,10 +179,11 @@ class BackwardReplacementRule(LearningRule):
 
         A call whose input needs a gradient runs, for a plain ``nn.Linear`` / ``nn.Conv2d``
         (``handler.swappable``) with fixed, unscaled layer-to-layer feedback (FA, weight mirror,
-        sign symmetry with random magnitudes), the module's own forward with ``B`` swapped in for
+        sign symmetry: its gain is in its B), the module's own forward with ``B`` swapped in for
         the weight view autograd saves for the input gradient (:class:`WeightSwap`); otherwise
-        (DFA, trained feedback or a decay: Kolen-Pollack, a scale: sign symmetry's gain, other
-        layer types, a call the swap cannot serve, ``swap_weights=False``) the handler's
+        (DFA, trained feedback or a decay: Kolen-Pollack, a scale from a subclass's
+        ``scaled_feedback``, other layer types, a call the swap cannot serve,
+        ``swap_weights=False``) the handler's
         feedback op, an autograd Function. Both give the same update, bit for bit.
 
         Built once per layer and kept across steps (per-step values are read from

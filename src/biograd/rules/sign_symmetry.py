@@ -35,7 +35,9 @@ class UnitMagnitudes:
     def feedback(
         self, rule: SignSymmetry, layer: FeedbackLayer, sign_wt: Tensor
     ) -> tuple[Tensor, float]:
-        return sign_wt, rule.gains[layer.key]  # the gain scales the backward's small output
+        # B itself scaled (one pass over W's entries), so that the step can serve it by the
+        # weight swap (an unscaled B: no autograd Function per layer, see BackwardReplacementRule)
+        return sign_wt.mul_(rule.gains[layer.key]), 1.0
 
 
 class RandomMagnitudes:
