@@ -171,5 +171,8 @@ def test_output_error_closed_forms_equal_autograd() -> None:
         (ref,) = torch.autograd.grad(0.7 * loss(mu, y), mu)
         torch.testing.assert_close(output_error(loss, mu.detach(), y, 0.7), -ref)
     soft = F.softmax(torch.randn(5, 3, dtype=torch.float64), -1)
-    (ref,) = torch.autograd.grad(0.7 * losses.cross_entropy(mu, soft), mu)
-    torch.testing.assert_close(output_error(losses.cross_entropy, mu.detach(), soft, 0.7), -ref)
+    # float targets: one-hot, soft, and with a mass other than 1 per row (the closed form's
+    # softmax(mu) sum(t) term)
+    for t in (F.one_hot(y, 3).double(), soft, 2.5 * soft):
+        (ref,) = torch.autograd.grad(0.7 * losses.cross_entropy(mu, t), mu)
+        torch.testing.assert_close(output_error(losses.cross_entropy, mu.detach(), t, 0.7), -ref)

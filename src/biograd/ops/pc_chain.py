@@ -66,11 +66,16 @@ def activation_fns(act: nn.Module) -> tuple[Act, Vjp] | None:
 
 def output_error(loss: LossFn, mu: Tensor, y: Tensor, beta: float) -> Tensor:
     """``e_out = -beta dL/dmu`` for the batch-mean loss ``L``: closed forms for biograd's
-    ``cross_entropy`` (``(softmax(mu) - onehot(y)) beta / B``, evaluated in the order autograd
-    evaluates it, so both agree to the last bit) and ``mse`` (``(mu - onehot(y)) beta / B``);
-    autograd on the loss alone for any other loss."""
-    if loss is losses.cross_entropy and not y.is_floating_point():
+    ``cross_entropy`` (labels: ``(softmax(mu) - onehot(y)) beta / B``, evaluated in the order
+    autograd evaluates it, so both agree to the last bit; float targets ``t``, one-hot or soft:
+    ``(softmax(mu) sum(t) - t) beta / B``) and ``mse`` (``(mu - t) beta / B``); autograd on the
+    loss alone for any other loss. The closed forms have no data-dependent branch, so a
+    ``torch.compile``'d step traces them (:mod:`biograd.ops.pc_compiled`)."""
+    if loss is losses.cross_entropy:
         s = torch.full((), -beta, dtype=mu.dtype, device=mu.device) / mu.shape[0]
+        if y.is_floating_point():
+            t = y.to(mu.dtype)
+            return torch.log_softmax(mu, -1).exp() * (t.sum(-1, keepdim=True) * s) - t * s
         g = torch.nn.functional.one_hot(y.long(), mu.shape[-1]).to(mu.dtype) * s
         return torch.log_softmax(mu, -1).exp() * s - g
     if loss is losses.mse:
@@ -83,7 +88,8 @@ def output_error(loss: LossFn, mu: Tensor, y: Tensor, beta: float) -> Tensor:
 
 class OutputNode:
     """The output vertex's error ``e_out = -beta dL/dmu`` and its energy term ``beta L``
-    (closed form for ``mse``, :func:`output_error` otherwise)."""
+    (closed form for ``mse``, :func:`output_error` otherwise); used by the eager chains and the
+    compiled step alike."""
 
     def __init__(self, loss_fn: LossFn, y: Tensor, beta: float, output: Tensor) -> None:
         self.loss_fn, self.y, self.beta = loss_fn, y, beta

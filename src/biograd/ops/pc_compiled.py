@@ -30,21 +30,10 @@ from torch.nn import functional as F
 
 from biograd.core import losses
 from biograd.core.losses import LossFn
+from biograd.ops.pc_chain import OutputNode
 from biograd.ops.pc_stacked import Backward, Forward
 
 StepFn = Callable[..., tuple[Tensor, ...]]
-
-
-def _output(mu: Tensor, target: Tensor, beta: float, ce: bool) -> tuple[Tensor, Tensor]:
-    """``(e_out, beta L)`` for the batch-mean loss at the output prediction ``mu``: squared
-    error against ``target``, or softmax cross-entropy against a (one-hot or soft) target."""
-    scale = beta / mu.shape[0]
-    if ce:
-        logp = torch.log_softmax(mu, -1)
-        e_out = (target - logp.exp() * target.sum(-1, keepdim=True)) * scale
-        return e_out, -(target * logp).sum() * scale
-    diff = target - mu
-    return diff * scale, (diff * diff).sum() * (0.5 * scale)
 
 
 def _step(
@@ -60,7 +49,6 @@ def _step(
     fwd, vjp = mid
     w, b = torch.stack(ws), torch.stack(bs)
     n = w.shape[0] + 1  # value nodes; middle stages n - 1
-    ce = loss_fn is losses.cross_entropy
     pre1 = F.linear(x0, w1, b1)
     saved1 = fwd1(pre1)
     mu1 = saved1[0]
@@ -70,7 +58,7 @@ def _step(
         saves.append(fwd(pres[-1]))
         nodes.append(saves[-1][0])
     output = F.linear(nodes[-1], wo, bo)
-    target = losses._targets(output, y)
+    out_node = OutputNode(loss_fn, y, beta, output)
     pre0, saved0 = torch.stack(pres), tuple(torch.stack(t) for t in zip(*saves, strict=True))
     state = torch.stack(nodes)
     if noise is not None:
@@ -92,7 +80,7 @@ def _step(
                 pre = torch.cat([pre0[:lo], pre])
                 saved = tuple(torch.cat([a[:lo], b]) for a, b in zip(saved0, saved, strict=True))
         e = s - torch.cat([mu1.unsqueeze(0), saved[0]])
-        e_out, out_term = _output(F.linear(s[-1], wo, bo), target, beta, ce)
+        e_out, out_term = out_node.error(F.linear(s[-1], wo, bo))
         lo = max(k - 1, 0)
         d = vjp(e[1 + lo:], pre[lo:], tuple(t[lo:] for t in saved))
         return e, d, lo, e_out, (e * e).sum() * 0.5 + out_term
