@@ -364,6 +364,32 @@ def test_weight_mirror_step_mirrors_after_an_fa_update() -> None:
     assert torch.equal(before[first], rule.feedback.get(first))
 
 
+def test_weight_mirror_leaves_batchnorm_statistics_to_the_engaged_forward() -> None:
+    """Mirror mode drives each layer with its own noise through its handler, never through the
+    model's forward: on a ResNet (BatchNorm in every block) a WM step with 3 mirror updates and
+    its warm-up leaves the running statistics (and their batch counts) exactly where FA's step
+    with the same B on the same batch leaves them: one engaged forward's update."""
+    model, x, y = make_model("resnet")
+    rule = biograd.create_rule("weight_mirror", model, mirror_steps=3, mirror_warmup_steps=5)
+    fa_model, _, _ = make_model("resnet")
+    fa = biograd.create_rule("feedback_alignment", fa_model)
+    rule.mirror_warmup(5)  # B moves before the step: copy it after the warm-up
+    with torch.no_grad():
+        for layer in fa.layers:
+            fa.feedback.get(layer.key).copy_(rule.feedback.get(layer.key))
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k
+             or "num_batches" in k}
+    assert stats, "the ResNet has BatchNorm buffers"
+    rule.mirror(4)  # mirror updates alone: no statistic moves
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())
+    rule.step(x, y)
+    fa.step(x, y)
+    got, ref = model.state_dict(), fa_model.state_dict()
+    for k in stats:
+        assert torch.equal(got[k], ref[k]), k
+    assert any(not torch.equal(got[k], v) for k, v in stats.items())  # the forward did update
+
+
 def test_weight_mirror_mirrors_unused_feedback_only_when_asked() -> None:
     """``train_unused_feedback``: the data layer's B is mirrored too, with the same noise
     stream layout as before the first step (every layer), and the forward update is FA's."""
