@@ -387,7 +387,8 @@ def main(argv: Sequence[str] | None = None) -> str:
                    help="torch.set_num_threads (default: os.cpu_count())")
     p.add_argument("--device", default="cpu", help="cpu or cuda (blocks end with a sync)")
     p.add_argument("--steps", type=int, default=50, help="steps per timed block")
-    p.add_argument("--repeats", type=int, default=11, help="interleaved blocks per entry")
+    p.add_argument("--repeats", type=int, default=31, help="interleaved blocks per entry (11 gave "
+                   "quartiles too wide to read on a 2-core VM)")
     p.add_argument("--slow-repeats", type=int, default=5,
                    help="repeats for iterative rules in part 2")
     p.add_argument("--warmup", type=int, default=10, help="warm-up steps per entry")
