@@ -33,7 +33,7 @@ from torch import Tensor
 
 import biograd
 from biograd.experiments.hardware import machine_speed, speed_line
-from biograd.metrics.cost import CostEntry, calibrate, paired_cost, training_step
+from biograd.metrics.cost import CostEntry, measure, training_step
 from biograd.ops.energy import output_grad_fn
 from biograd.ops.hopfield_dynamics import Nudge, relax_hopfield
 from biograd.rules.equilibrium_prop import EquilibriumProp
@@ -118,9 +118,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.compile:
         entries.append(CostEntry("relaxation compiled (no update)",
                                  compiled_relaxation(eq, x, y)))
-    for e in entries:
-        calibrate(e, args.block)
-    paired_cost(entries[0], entries[1:], args.repeats, time.perf_counter)
+    measure(entries[0], entries[1:], args.repeats, block_seconds=args.block)
     sizes = "-".join(str(s) for s in [784, *args.hidden, 10])
     lines = [f"MLP {sizes} tanh, batch 64, {args.threads} thread(s), wall clock, "
              f"{args.repeats} paired blocks, torch {torch.__version__}; "
